@@ -1,0 +1,276 @@
+//! Command line: parsing with `argh`, then validation into a [`Config`].
+//!
+//! Every value is checked here, before anything is bound or forked, so a bad
+//! command line costs one clear line on stderr and exit status 2.
+
+use crate::error::{Error, Result};
+use argh::FromArgs;
+use std::net::SocketAddr;
+
+/// Most listening addresses served by one process.
+pub const MAX_LISTENERS: usize = 16;
+/// Size of the child table, fixed at compile time; `--max-children` may not
+/// exceed it. 1024 live processes is far past what a small board can hold.
+pub const MAX_CHILDREN: usize = 1024;
+pub const DEFAULT_PORT: u16 = 7007;
+const BUFFER_MIN: usize = 512;
+const BUFFER_MAX: usize = 1 << 20;
+
+/// forkecho: a fork-per-connection TCP echo server (RFC 862).
+#[derive(FromArgs, Debug)]
+struct Args {
+    /// address to listen on, ADDR:PORT (IPv4 or [IPv6]; port 0 picks a free
+    /// one); repeatable. Default: [::]:7007 dual-stack, or 0.0.0.0:7007
+    /// without IPv6
+    #[argh(option)]
+    listen: Vec<String>,
+
+    /// most connections served at once, 1..=1024 (default 64); beyond it new
+    /// clients wait in the kernel backlog
+    #[argh(option, default = "64")]
+    max_children: u32,
+
+    /// listen(2) backlog, 1..=65535 (default 128)
+    #[argh(option, default = "128")]
+    backlog: u32,
+
+    /// echo buffer per connection in bytes, 512..=1048576 (default 16384)
+    #[argh(option, default = "16384")]
+    buffer_size: u32,
+
+    /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
+    /// 0..=3600 (default 5)
+    #[argh(option, default = "5")]
+    shutdown_timeout: u32,
+
+    /// log every connection
+    #[argh(switch, short = 'v')]
+    verbose: bool,
+
+    /// log errors only
+    #[argh(switch, short = 'q')]
+    quiet: bool,
+
+    /// print the version and target, then exit
+    #[argh(switch)]
+    version: bool,
+}
+
+/// What to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    /// `IPV6_V6ONLY` for an IPv6 socket: off for the dual-stack default and
+    /// for a lone `[::]:P`; on when an IPv4 address shares the port, so both
+    /// can bind.
+    pub v6only: bool,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    /// Empty means the default (dual-stack on port 7007, IPv4 fallback).
+    pub listen: heapless::Vec<ListenSpec, MAX_LISTENERS>,
+    pub max_children: usize,
+    pub backlog: i32,
+    pub buffer_size: usize,
+    pub shutdown_timeout_secs: u32,
+    pub level: crate::log::Level,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Command {
+    Run(Config),
+    /// `--help` or `--version`: print this on stdout, exit 0.
+    Print(String),
+}
+
+pub fn version_line() -> String {
+    format!(
+        "forkecho {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("FORKECHO_TARGET")
+    )
+}
+
+/// Parses `argv` (without the program name).
+pub fn parse(args: &[&str]) -> Result<Command> {
+    let args = match Args::from_args(&["forkecho"], args) {
+        Ok(a) => a,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => Ok(Command::Print(early.output)),
+                // argh's message is the first line; the rest is a hint.
+                Err(()) => Err(usage(
+                    early.output.lines().next().unwrap_or("bad arguments"),
+                )),
+            };
+        }
+    };
+    if args.version {
+        return Ok(Command::Print(version_line() + "\n"));
+    }
+    if args.verbose && args.quiet {
+        return Err(usage("--verbose and --quiet exclude each other"));
+    }
+    let max_children = ranged("--max-children", args.max_children, 1, MAX_CHILDREN as u32)?;
+    let backlog = ranged("--backlog", args.backlog, 1, 65535)?;
+    let buffer_size = ranged(
+        "--buffer-size",
+        args.buffer_size,
+        BUFFER_MIN as u32,
+        BUFFER_MAX as u32,
+    )?;
+    let shutdown_timeout = ranged("--shutdown-timeout", args.shutdown_timeout, 0, 3600)?;
+
+    let mut listen = heapless::Vec::new();
+    for text in &args.listen {
+        let addr = parse_addr(text)?;
+        if listen.iter().any(|l: &ListenSpec| l.addr == addr) {
+            return Err(usage(&format!("--listen {text}: given twice")));
+        }
+        listen
+            .push(ListenSpec {
+                addr,
+                v6only: false,
+            })
+            .map_err(|_| usage(&format!("--listen: at most {MAX_LISTENERS} addresses")))?;
+    }
+    // An IPv6 wildcard shares its port with IPv4 unless told not to; when the
+    // user also names an IPv4 address on that port, make the IPv6 socket
+    // v6-only so both binds succeed.
+    let v4_ports: heapless::Vec<u16, MAX_LISTENERS> = listen
+        .iter()
+        .filter(|l| l.addr.is_ipv4())
+        .map(|l| l.addr.port())
+        .collect();
+    for l in listen.iter_mut() {
+        l.v6only = l.addr.is_ipv6() && l.addr.port() != 0 && v4_ports.contains(&l.addr.port());
+    }
+
+    let level = if args.verbose {
+        crate::log::Level::Debug
+    } else if args.quiet {
+        crate::log::Level::Error
+    } else {
+        crate::log::Level::Info
+    };
+    Ok(Command::Run(Config {
+        listen,
+        max_children: max_children as usize,
+        backlog: backlog as i32,
+        buffer_size: buffer_size as usize,
+        shutdown_timeout_secs: shutdown_timeout,
+        level,
+    }))
+}
+
+fn usage(msg: &str) -> Error {
+    Error::Usage(format!("{msg} (see --help)"))
+}
+
+fn ranged(name: &str, v: u32, lo: u32, hi: u32) -> Result<u32> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(usage(&format!("{name} {v}: must be in {lo}..={hi}")))
+    }
+}
+
+/// `ADDR:PORT` with a numeric address: `127.0.0.1:7`, `[::1]:7`, `[::]:0`.
+/// Names are refused on purpose: resolving them needs a resolver that may not
+/// be configured on a board at boot, and binding to a name is ambiguous.
+fn parse_addr(text: &str) -> Result<SocketAddr> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        usage(&format!(
+            "--listen {text}: expected ADDR:PORT with a numeric IPv4 or [IPv6] address"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Config {
+        match parse(args) {
+            Ok(Command::Run(c)) => c,
+            other => panic!("expected a config, got {other:?}"),
+        }
+    }
+
+    fn err(args: &[&str]) -> String {
+        match parse(args) {
+            Err(e) => e.to_string(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&[]);
+        assert!(c.listen.is_empty());
+        assert_eq!(c.max_children, 64);
+        assert_eq!(c.backlog, 128);
+        assert_eq!(c.buffer_size, 16384);
+        assert_eq!(c.shutdown_timeout_secs, 5);
+        assert_eq!(c.level, crate::log::Level::Info);
+    }
+
+    #[test]
+    fn repeated_listen_and_v6only_pairing() {
+        let c = run(&[
+            "--listen",
+            "0.0.0.0:7",
+            "--listen",
+            "[::]:7",
+            "--listen",
+            "[::1]:9",
+        ]);
+        assert_eq!(c.listen.len(), 3);
+        assert!(!c.listen[0].v6only);
+        assert!(c.listen[1].v6only, "[::]:7 shares port 7 with IPv4");
+        assert!(!c.listen[2].v6only);
+    }
+
+    #[test]
+    fn range_edges() {
+        assert_eq!(run(&["--max-children", "1"]).max_children, 1);
+        assert_eq!(run(&["--max-children", "1024"]).max_children, 1024);
+        assert!(err(&["--max-children", "0"]).contains("--max-children 0: must be in 1..=1024"));
+        assert!(err(&["--max-children", "1025"]).contains("1..=1024"));
+        assert_eq!(run(&["--buffer-size", "512"]).buffer_size, 512);
+        assert!(err(&["--buffer-size", "511"]).contains("--buffer-size"));
+        assert!(err(&["--buffer-size", "1048577"]).contains("--buffer-size"));
+        assert!(err(&["--backlog", "0"]).contains("--backlog"));
+        assert!(err(&["--shutdown-timeout", "3601"]).contains("--shutdown-timeout"));
+    }
+
+    #[test]
+    fn bad_values_are_one_line() {
+        for bad in [
+            &["--max-children", "abc"][..],
+            &["--listen", "localhost:7"],
+            &["--listen", "1.2.3.4"],
+            &["--listen", "1.2.3.4:7", "--listen", "1.2.3.4:7"],
+            &["--bogus"],
+            &["-v", "-q"],
+        ] {
+            let e = err(bad);
+            assert!(!e.contains('\n'), "{bad:?} gave a multi-line error: {e}");
+            assert!(!e.is_empty());
+        }
+    }
+
+    #[test]
+    fn version_and_help_print() {
+        match parse(&["--version"]) {
+            Ok(Command::Print(s)) => assert!(s.starts_with("forkecho 0.")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["--help"]) {
+            Ok(Command::Print(s)) => assert!(s.contains("--max-children")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Logging: one line per event on stderr, formatted into fixed storage and
+//! written with a single `write(2)`.
+//!
+//! Why not `eprintln!`: std's stderr takes a lock and may issue several writes
+//! per line; lines from many children could then interleave. One `write(2)` of
+//! one complete line is atomic enough for a pipe or a journal socket (lines are
+//! far below `PIPE_BUF`). Formatting goes through `core::fmt` into a stack
+//! buffer, so logging never touches the heap — it is safe in a forked child.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// How much to say. Ordered: a message is written when its level is at or
+/// below the configured one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[repr(u8)]
+pub enum Level {
+    /// Something is wrong (always shown, even with `--quiet`).
+    Error = 0,
+    /// Life-cycle events: listening, shutdown, abnormal child exits.
+    Info = 1,
+    /// Per-connection lines (`--verbose`).
+    Debug = 2,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+
+/// Longest line written; longer ones are cut and end with `...`.
+pub const LINE_MAX: usize = 256;
+
+pub fn set_level(level: Level) {
+    LEVEL.store(level as u8, Ordering::Relaxed);
+}
+
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// A line under construction: fixed storage, silently truncating.
+pub struct Line {
+    buf: [u8; LINE_MAX],
+    len: usize,
+    truncated: bool,
+}
+
+impl Line {
+    pub const fn new() -> Self {
+        Line {
+            buf: [0; LINE_MAX],
+            len: 0,
+            truncated: false,
+        }
+    }
+
+    /// Ends the line: marks a cut with `...` and appends the newline, which
+    /// always fits because `write_str` keeps 4 bytes in reserve.
+    fn finish(&mut self) -> &[u8] {
+        if self.truncated {
+            self.buf[self.len..self.len + 3].copy_from_slice(b"...");
+            self.len += 3;
+        }
+        self.buf[self.len] = b'\n';
+        self.len += 1;
+        &self.buf[..self.len]
+    }
+}
+
+impl Default for Line {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Keep room for "...\n" so `finish` never overflows.
+        let room = LINE_MAX - 4 - self.len;
+        let bytes = s.as_bytes();
+        let n = bytes.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+        if n < bytes.len() {
+            self.truncated = true;
+        }
+        // Never report an error: a cut line is still worth writing.
+        Ok(())
+    }
+}
+
+/// Formats `forkecho[PID]: <args>` and writes it to stderr in one call.
+///
+/// The pid is read at log time (`getpid(2)`) rather than cached, so a line
+/// written by a child names the child without the child having to set
+/// anything up after fork.
+pub fn emit(args: fmt::Arguments<'_>) {
+    let mut line = Line::new();
+    let _ = write!(line, "forkecho[{}]: ", nix::unistd::getpid());
+    let _ = line.write_fmt(args);
+    write_stderr(line.finish());
+}
+
+/// `write(2)` on fd 2, once. A failed or short log write is dropped: a closed
+/// stderr must never take the server down, and retrying could block.
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: fd 2 is borrowed only for this call; if it is closed the call
+    // fails with EBADF, which is ignored.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
+    let _ = nix::unistd::write(fd, bytes);
+}
+
+/// `log!(Level::Info, "listening on {}", addr)` — formats only when enabled.
+#[macro_export]
+macro_rules! log {
+    ($lvl:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($lvl) {
+            $crate::log::emit(format_args!($($arg)*))
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_line_is_kept_whole() {
+        let mut l = Line::new();
+        write!(l, "hello {}", 42).unwrap();
+        assert_eq!(l.finish(), b"hello 42\n");
+    }
+
+    #[test]
+    fn long_line_is_cut_and_marked() {
+        let mut l = Line::new();
+        for _ in 0..100 {
+            write!(l, "abcdefgh").unwrap();
+        }
+        let out = l.finish();
+        assert_eq!(out.len(), LINE_MAX);
+        assert!(out.ends_with(b"...\n"));
+        assert!(out[..LINE_MAX - 4].iter().all(|b| b"abcdefgh".contains(b)));
+    }
+
+    #[test]
+    fn levels_are_ordered() {
+        set_level(Level::Error);
+        assert!(enabled(Level::Error));
+        assert!(!enabled(Level::Info));
+        set_level(Level::Debug);
+        assert!(enabled(Level::Info) && enabled(Level::Debug));
+        set_level(Level::Info);
+    }
+}

@@ -1,0 +1,124 @@
+//! The echo session, run in the forked child.
+//!
+//! Everything here works on memory prepared before fork (the buffer) or on the
+//! stack; nothing allocates. The child never returns: it ends with `_exit(2)`
+//! so no exit handler runs and no buffer inherited from the parent is flushed
+//! a second time.
+
+use crate::log::Level;
+use nix::errno::Errno;
+use nix::sys::socket::{self, Shutdown};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed its side; everything was echoed, then we closed ours.
+    Eof,
+    /// The peer reset the connection or stopped reading (`ECONNRESET`,
+    /// `EPIPE`): an ordinary way for a client to leave.
+    Reset,
+    /// Any other error: worth a log line and a non-zero exit status.
+    Error(Errno),
+}
+
+impl End {
+    fn name(self) -> &'static str {
+        match self {
+            End::Eof => "eof",
+            End::Reset => "reset",
+            End::Error(_) => "error",
+        }
+    }
+
+    /// The child's exit status: 0 for the ways a client may leave, 1 for a
+    /// real error, so the parent logs only the latter.
+    pub fn status(self) -> i32 {
+        match self {
+            End::Eof | End::Reset => 0,
+            End::Error(_) => 1,
+        }
+    }
+}
+
+/// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
+pub fn echo(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
+    let mut total = 0u64;
+    loop {
+        let n = match nix::unistd::read(conn, buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return (classify(e), total),
+        };
+        if let Err(e) = write_all(conn, &buf[..n]) {
+            return (classify(e), total);
+        }
+        total += n as u64;
+    }
+    // All input is echoed: tell the peer we are done too. The kernel sends
+    // what is queued before the FIN, so no byte is lost.
+    match socket::shutdown(conn.as_raw_fd(), Shutdown::Write) {
+        Ok(()) | Err(Errno::ENOTCONN) => (End::Eof, total),
+        Err(e) => (classify(e), total),
+    }
+}
+
+/// `write(2)` until every byte is out: blocking sockets may still write short
+/// when a signal arrives mid-way, and `EINTR` is retried.
+fn write_all(conn: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match nix::unistd::write(conn, data) {
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn classify(e: Errno) -> End {
+    match e {
+        Errno::ECONNRESET | Errno::EPIPE | Errno::ETIMEDOUT => End::Reset,
+        e => End::Error(e),
+    }
+}
+
+/// Runs the session and logs its end: an error always, a normal end with `-v`.
+pub fn run(conn: &OwnedFd, peer: Option<SocketAddr>, buf: &mut [u8]) -> End {
+    let (end, bytes) = echo(conn, buf);
+    let peer = PeerDisplay(peer);
+    match end {
+        End::Error(e) => crate::log!(
+            Level::Error,
+            "connection from {peer} failed after {bytes} bytes: {} ({e:?})",
+            e.desc()
+        ),
+        _ => crate::log!(
+            Level::Debug,
+            "connection from {peer} ended ({}), {bytes} bytes echoed",
+            end.name()
+        ),
+    }
+    end
+}
+
+/// A peer address that may be unknown, printed without allocating.
+pub struct PeerDisplay(pub Option<SocketAddr>);
+
+impl core::fmt::Display for PeerDisplay {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("unknown peer"),
+        }
+    }
+}
+
+/// `_exit(2)`: leaves without running atexit handlers or flushing stdio
+/// buffers copied from the parent.
+pub fn exit(status: i32) -> ! {
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { nix::libc::_exit(status) }
+}

@@ -1,0 +1,142 @@
+//! Signals, turned into bytes on a self-pipe that the accept loop polls.
+//!
+//! Why a self-pipe and not `signalfd`: under QEMU user mode (where this
+//! server is tested) the emulator catches host signals itself, so a host
+//! signalfd never sees them; a handler that writes to a pipe works everywhere.
+//!
+//! Why signals are blocked around `fork`: between `fork` and the child's
+//! reset of the dispositions, a signal sent to the child would run the
+//! parent's handler there and write into the *shared* pipe, waking the parent
+//! with a signal it never got. With the signals blocked, a signal aimed at the
+//! new child stays pending until the child has restored the default action,
+//! and then acts as it should (SIGTERM ends the child).
+
+use crate::error::{Error, Result};
+use core::sync::atomic::{AtomicI32, Ordering};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+/// The signals the parent handles through the pipe.
+const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
+
+/// Write end of the pipe, for the handler (which cannot take arguments).
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+/// What the pipe said since the last look.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Pending {
+    pub child: bool,
+    pub terminate: bool,
+}
+
+/// The self-pipe. Both ends are non-blocking (a full pipe must never block
+/// the handler; an empty one must never block the loop) and close-on-exec.
+pub struct SelfPipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl SelfPipe {
+    /// `pipe2(2)`, then `sigaction(2)` for SIGCHLD, SIGTERM and SIGINT, and
+    /// `SIG_IGN` for SIGPIPE so a peer that goes away yields `EPIPE`, not death.
+    pub fn install() -> Result<SelfPipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|e| Error::sys("cannot create the signal pipe", e))?;
+        PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
+        // No SA_RESTART: poll is never restarted anyway, and nothing else in
+        // the parent blocks with the signals unblocked.
+        // SA_NOCLDSTOP: a stopped child is not an exited one.
+        let act = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_NOCLDSTOP,
+            SigSet::empty(),
+        );
+        for sig in HANDLED {
+            // SAFETY: the handler only calls write(2) and touches errno, both
+            // async-signal-safe.
+            unsafe { signal::sigaction(sig, &act) }
+                .map_err(|e| Error::sys("cannot install a signal handler", e))?;
+        }
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        // SAFETY: SIG_IGN runs no code.
+        unsafe { signal::sigaction(Signal::SIGPIPE, &ignore) }
+            .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))?;
+        Ok(SelfPipe { read, write })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Both ends, for the child to close.
+    pub fn raw_fds(&self) -> [i32; 2] {
+        [self.read.as_raw_fd(), self.write.as_raw_fd()]
+    }
+
+    /// Reads everything the handlers wrote (`read(2)` until `EAGAIN`).
+    pub fn drain(&self) -> Pending {
+        let mut pending = Pending::default();
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(&self.read, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        match b as i32 {
+                            nix::libc::SIGCHLD => pending.child = true,
+                            nix::libc::SIGTERM | nix::libc::SIGINT => pending.terminate = true,
+                            _ => {}
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => break, // EAGAIN: empty.
+            }
+        }
+        pending
+    }
+}
+
+extern "C" fn on_signal(sig: nix::libc::c_int) {
+    // The handler interrupts code that may inspect errno right after.
+    let saved = Errno::last_raw();
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    let byte = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; a full pipe (EAGAIN) already
+    // holds a wakeup, so losing this byte loses nothing.
+    unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
+    Errno::set_raw(saved);
+}
+
+/// `sigprocmask(SIG_BLOCK)` of the handled signals; returns the previous mask
+/// for [`restore`]. Called right before `fork`.
+pub fn block() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in HANDLED {
+        set.add(sig);
+    }
+    let mut old = SigSet::empty();
+    // sigprocmask only fails for a bad `how`, which this is not.
+    let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+    old
+}
+
+/// `sigprocmask(SIG_SETMASK)` back to what [`block`] returned.
+pub fn restore(old: &SigSet) {
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None);
+}
+
+/// In the child, with the signals still blocked: `sigaction(2)` back to the
+/// default for every handled signal, so that SIGTERM from the parent's
+/// shutdown ends the child and nothing writes to the (closed) pipe.
+/// SIGPIPE stays ignored: a vanished peer must end the session with EPIPE.
+pub fn reset_in_child() {
+    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in HANDLED {
+        // SAFETY: SIG_DFL runs no code of ours.
+        let _ = unsafe { signal::sigaction(sig, &dfl) };
+    }
+    PIPE_WRITE.store(-1, Ordering::Relaxed);
+}

@@ -1,0 +1,442 @@
+//! The parent: one `poll(2)` loop over the self-pipe and the listeners that
+//! accepts, forks, reaps and shuts down.
+//!
+//! Shape of a turn (after s6-tcpserverd):
+//! 1. poll the self-pipe always, the listeners only while accepting — below
+//!    `--max-children` and not paused. At the cap new clients wait in the
+//!    kernel backlog instead of being accepted and dropped;
+//! 2. drain the pipe, then reap *every* exited child (`waitpid(-1, WNOHANG)`
+//!    until none is left: SIGCHLDs coalesce, one wait per signal leaks);
+//! 3. accept from the ready listeners and fork one child per connection.
+//!
+//! Nothing here allocates after start-up: the child table is a fixed
+//! `heapless::Vec`, the poll set lives on the stack, log lines are formatted
+//! into fixed storage.
+
+use crate::cli::{Config, MAX_CHILDREN, MAX_LISTENERS};
+use crate::listener::{self, Listener};
+use crate::log::Level;
+use crate::session::{self, PeerDisplay};
+use crate::signals::{self, SelfPipe};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// Most connections accepted from one listener per turn, so one busy listener
+/// cannot starve the others or delay reaping.
+const ACCEPT_BATCH: usize = 16;
+/// Pause of the listeners after a resource error (fork failure, ENOBUFS,
+/// ENOMEM): long enough to stop a busy loop, short enough to go unnoticed.
+const SHORT_PAUSE: Duration = Duration::from_millis(200);
+/// Pause when out of descriptors and the reserve could not be used.
+const LONG_PAUSE: Duration = Duration::from_secs(1);
+/// At most one line per kind of recurring error in this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Rate limit for a recurring error line: the first line goes out, then at
+/// most one per [`LOG_INTERVAL`], saying how many were held back.
+#[derive(Default)]
+struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u32,
+}
+
+impl LogLimit {
+    /// `Some(n)` when a line may go out now (`n` lines were held back).
+    fn allow(&mut self, now: Instant) -> Option<u32> {
+        match self.last {
+            Some(t) if now.duration_since(t) < LOG_INTERVAL => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(core::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+pub struct Supervisor {
+    max_children: usize,
+    shutdown_timeout: Duration,
+    listeners: heapless::Vec<Listener, MAX_LISTENERS>,
+    pipe: SelfPipe,
+    /// Live children, by pid. Capacity ≥ `max_children`, so a push after the
+    /// cap check cannot fail.
+    children: heapless::Vec<Pid, MAX_CHILDREN>,
+    /// The echo buffer, allocated once here and inherited by every child.
+    buf: Box<[u8]>,
+    /// A descriptor kept only to be given up when `accept` fails with
+    /// EMFILE/ENFILE: closing it makes room to accept the pending connection
+    /// and close it, so the queue drains instead of spinning the loop.
+    reserve: Option<OwnedFd>,
+    paused_until: Option<Instant>,
+    shutting_down: bool,
+    accept_log: LogLimit,
+    fork_log: LogLimit,
+    #[cfg(feature = "alloc-count")]
+    alloc_in_child: bool,
+}
+
+impl Supervisor {
+    /// Takes the bound listeners and the installed self-pipe; allocates the
+    /// echo buffer and opens the reserve descriptor. The last allocations the
+    /// parent makes happen here.
+    pub fn new(
+        cfg: &Config,
+        listeners: heapless::Vec<Listener, MAX_LISTENERS>,
+        pipe: SelfPipe,
+    ) -> Self {
+        Supervisor {
+            max_children: cfg.max_children,
+            shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
+            listeners,
+            pipe,
+            children: heapless::Vec::new(),
+            buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
+            reserve: open_reserve(),
+            paused_until: None,
+            shutting_down: false,
+            accept_log: LogLimit::default(),
+            fork_log: LogLimit::default(),
+            // Test hook: proves the allocation check can fail.
+            #[cfg(feature = "alloc-count")]
+            alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
+        }
+    }
+
+    /// One "listening on" line per listener, with the port really bound, so
+    /// `--listen 127.0.0.1:0` is usable from scripts and tests.
+    pub fn announce(&self) {
+        for l in &self.listeners {
+            crate::log!(Level::Info, "listening on {}", l.local);
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains the children.
+    pub fn run(mut self) {
+        #[cfg(feature = "alloc-count")]
+        let base = crate::alloc_count::count();
+        loop {
+            let ready = self.wait();
+            let pending = self.pipe.drain();
+            self.reap();
+            if pending.terminate {
+                break;
+            }
+            for i in 0..self.listeners.len() {
+                if ready & (1 << i) != 0 {
+                    self.accept_from(i);
+                }
+            }
+        }
+        self.shutdown();
+        #[cfg(feature = "alloc-count")]
+        crate::log!(
+            Level::Error,
+            "alloc-check: parent made {} allocations after start-up",
+            crate::alloc_count::count() - base
+        );
+    }
+
+    /// Polls; returns a bit mask of the listeners that are ready.
+    fn wait(&mut self) -> u32 {
+        let now = Instant::now();
+        if self.paused_until.is_some_and(|t| now >= t) {
+            self.paused_until = None;
+        }
+        let accepting = self.paused_until.is_none() && self.children.len() < self.max_children;
+        let timeout = match self.paused_until {
+            // Round up, so the loop does not wake a millisecond early and spin.
+            Some(t) => ms_timeout(t.saturating_duration_since(now) + Duration::from_micros(999)),
+            None => PollTimeout::NONE,
+        };
+        let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
+        let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
+        if accepting {
+            for l in &self.listeners {
+                let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let mut ready = 0u32;
+        let failed = match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => None,
+            Err(e) => Some(e),
+        };
+        for (i, fd) in fds.iter().skip(1).enumerate() {
+            if fd.any().unwrap_or(false) {
+                ready |= 1 << i;
+            }
+        }
+        drop(fds);
+        if let Some(e) = failed {
+            // Cannot happen with valid descriptors; never spin on it.
+            crate::log!(Level::Error, "poll failed: {} ({e:?})", e.desc());
+            self.pause(SHORT_PAUSE);
+            return 0;
+        }
+        ready
+    }
+
+    fn pause(&mut self, d: Duration) {
+        self.paused_until = Some(Instant::now() + d);
+    }
+
+    /// `waitpid(-1, WNOHANG)` until no exited child is left.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    self.forget(pid);
+                    if code != 0 {
+                        crate::log!(Level::Info, "child {pid} exited with status {code}");
+                    }
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.forget(pid);
+                    if !(self.shutting_down && sig == Signal::SIGTERM) {
+                        crate::log!(Level::Info, "child {pid} killed by {sig:?}");
+                    }
+                }
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break, // ECHILD: no children at all.
+            }
+        }
+    }
+
+    fn forget(&mut self, pid: Pid) {
+        if let Some(i) = self.children.iter().position(|&p| p == pid) {
+            self.children.swap_remove(i);
+        }
+    }
+
+    fn accept_from(&mut self, i: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            if self.children.len() >= self.max_children || self.paused_until.is_some() {
+                return;
+            }
+            match listener::accept(&self.listeners[i]) {
+                Ok((conn, peer)) => self.spawn(conn, peer),
+                Err(Errno::EAGAIN) => return,
+                // The connection died in the queue or a network error was
+                // passed on (accept(2), "Error handling"): try the next one.
+                Err(
+                    Errno::EINTR
+                    | Errno::ECONNABORTED
+                    | Errno::EPROTO
+                    | Errno::ENETDOWN
+                    | Errno::ENOPROTOOPT
+                    | Errno::EHOSTDOWN
+                    | Errno::ENONET
+                    | Errno::EHOSTUNREACH
+                    | Errno::EOPNOTSUPP
+                    | Errno::ENETUNREACH
+                    | Errno::EPERM,
+                ) => continue,
+                Err(e @ (Errno::EMFILE | Errno::ENFILE)) => {
+                    self.out_of_descriptors(i, e);
+                    return;
+                }
+                Err(e) => {
+                    // ENOBUFS, ENOMEM and anything unexpected: back off.
+                    self.log_accept_error(e, "pausing");
+                    self.pause(SHORT_PAUSE);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// EMFILE/ENFILE: the pending connection stays queued and poll would
+    /// report it again at once — the classic 100% CPU loop. Give up the
+    /// reserve descriptor, accept the connection and close it, take the
+    /// reserve back. Without a reserve, stop polling the listeners a while.
+    fn out_of_descriptors(&mut self, i: usize, e: Errno) {
+        if self.reserve.take().is_some() {
+            if let Ok((conn, peer)) = listener::accept(&self.listeners[i]) {
+                drop(conn);
+                self.log_accept_error(e, "closed a connection");
+                crate::log!(
+                    Level::Debug,
+                    "dropped connection from {}",
+                    PeerDisplay(peer)
+                );
+            }
+            self.reserve = open_reserve();
+        }
+        if self.reserve.is_none() {
+            self.log_accept_error(e, "pausing");
+            self.pause(LONG_PAUSE);
+        }
+    }
+
+    fn log_accept_error(&mut self, e: Errno, action: &str) {
+        if let Some(held) = self.accept_log.allow(Instant::now()) {
+            crate::log!(
+                Level::Error,
+                "accept failed: {} ({e:?}), {action} ({held} similar messages suppressed)",
+                e.desc()
+            );
+        }
+    }
+
+    /// Forks one child for `conn`. Signals stay blocked across the fork (see
+    /// `signals`); the parent closes its copy of the connection first thing.
+    fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
+        let old = signals::block();
+        // SAFETY: the parent is single-threaded, so the child starts with a
+        // consistent heap and no lock held by another thread; the child
+        // nevertheless only uses memory prepared before fork and the stack.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => self.child(conn, peer, &old),
+            Ok(ForkResult::Parent { child }) => {
+                drop(conn);
+                signals::restore(&old);
+                let _ = self.children.push(child);
+                crate::log!(
+                    Level::Debug,
+                    "connection from {} served by child {child}",
+                    PeerDisplay(peer)
+                );
+            }
+            Err(e) => {
+                drop(conn);
+                signals::restore(&old);
+                if let Some(held) = self.fork_log.allow(Instant::now()) {
+                    crate::log!(
+                        Level::Error,
+                        "fork failed: {} ({e:?}), closed the connection from {} and pausing ({held} similar messages suppressed)",
+                        e.desc(),
+                        PeerDisplay(peer)
+                    );
+                }
+                self.pause(SHORT_PAUSE);
+            }
+        }
+    }
+
+    /// The child, right after fork: close every descriptor it must not hold,
+    /// restore default signal handling, echo, `_exit`.
+    fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, mask: &SigSet) -> ! {
+        #[cfg(feature = "alloc-count")]
+        let base = crate::alloc_count::count();
+        // close(2) by number: the OwnedFds are never dropped in the child
+        // (it leaves with _exit), so nothing closes them twice.
+        for l in &self.listeners {
+            close_raw(l.fd.as_raw_fd());
+        }
+        for fd in self.pipe.raw_fds() {
+            close_raw(fd);
+        }
+        if let Some(r) = &self.reserve {
+            close_raw(r.as_raw_fd());
+        }
+        signals::reset_in_child();
+        signals::restore(mask);
+
+        #[cfg(feature = "alloc-count")]
+        if self.alloc_in_child {
+            core::hint::black_box(Box::new(0u64));
+        }
+        let end = session::run(&conn, peer, &mut self.buf);
+        #[cfg(feature = "alloc-count")]
+        crate::log!(
+            Level::Error,
+            "alloc-check: child made {} allocations after fork",
+            crate::alloc_count::count() - base
+        );
+        session::exit(end.status())
+    }
+
+    /// SIGTERM/SIGINT: close the listeners, SIGTERM the children, wait up to
+    /// `--shutdown-timeout` for them (still reaping as they go), SIGKILL the
+    /// rest and reap them.
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        // Closing the listeners makes the kernel refuse new clients at once.
+        self.listeners.clear();
+        crate::log!(
+            Level::Info,
+            "shutting down, {} connections open",
+            self.children.len()
+        );
+        for &pid in &self.children {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        loop {
+            self.reap();
+            if self.children.is_empty() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.kill_remaining();
+                break;
+            }
+            let mut fds = [PollFd::new(self.pipe.fd(), PollFlags::POLLIN)];
+            let _ = nix::poll::poll(
+                &mut fds,
+                ms_timeout(deadline - now + Duration::from_micros(999)),
+            );
+            self.pipe.drain();
+        }
+        crate::log!(Level::Info, "stopped");
+    }
+
+    fn kill_remaining(&mut self) {
+        crate::log!(
+            Level::Error,
+            "{} children still running after {}s, sending SIGKILL",
+            self.children.len(),
+            self.shutdown_timeout.as_secs()
+        );
+        for &pid in &self.children {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        // Blocking waits now: SIGKILL cannot be caught, each child will exit.
+        while !self.children.is_empty() {
+            match waitpid(None, None) {
+                Ok(status) => {
+                    if let Some(pid) = status.pid() {
+                        self.forget(pid);
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    self.children.clear();
+                }
+            }
+        }
+    }
+}
+
+fn ms_timeout(d: Duration) -> PollTimeout {
+    PollTimeout::try_from(d.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+}
+
+/// `close(2)` on a raw descriptor in the child; errors are irrelevant there.
+fn close_raw(fd: i32) {
+    // SAFETY: the caller owns `fd` through an OwnedFd that is never dropped
+    // in this process (the child ends with _exit).
+    unsafe { nix::libc::close(fd) };
+}
+
+/// `open("/dev/null")`: the reserve descriptor. `None` where /dev/null is
+/// missing (an empty chroot); the loop then falls back to pausing.
+fn open_reserve() -> Option<OwnedFd> {
+    nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
+}
