@@ -328,17 +328,7 @@ impl Supervisor {
     fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, mask: &SigSet) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
-        // close(2) by number: the OwnedFds are never dropped in the child
-        // (it leaves with _exit), so nothing closes them twice.
-        for l in &self.listeners {
-            close_raw(l.fd.as_raw_fd());
-        }
-        for fd in self.pipe.raw_fds() {
-            close_raw(fd);
-        }
-        if let Some(r) = &self.reserve {
-            close_raw(r.as_raw_fd());
-        }
+        self.close_all_but(conn.as_raw_fd());
         signals::reset_in_child();
         signals::restore(mask);
 
@@ -354,6 +344,30 @@ impl Supervisor {
             crate::alloc_count::count() - base
         );
         session::exit(end.status())
+    }
+
+    /// In the child: close every descriptor but 0-2 and the connection — the
+    /// listeners, the self-pipe, the reserve, and whatever the parent itself
+    /// inherited without close-on-exec (a supervisor's pipes, a jobserver),
+    /// which no session should pin open. `close_range(2)` does it in two
+    /// calls; where the kernel lacks it (ENOSYS, before Linux 5.9) the
+    /// descriptors the parent knows of are closed one by one.
+    ///
+    /// Closing by number is sound: the OwnedFds are never dropped in the
+    /// child (it leaves with _exit), so nothing closes them twice.
+    fn close_all_but(&self, conn: i32) {
+        let below = conn > 3 && close_range(3, conn as u32 - 1).is_err();
+        if below || close_range(conn as u32 + 1, u32::MAX).is_err() {
+            for l in &self.listeners {
+                close_raw(l.fd.as_raw_fd());
+            }
+            for fd in self.pipe.raw_fds() {
+                close_raw(fd);
+            }
+            if let Some(r) = &self.reserve {
+                close_raw(r.as_raw_fd());
+            }
+        }
     }
 
     /// SIGTERM/SIGINT: close the listeners, SIGTERM the children, wait up to
@@ -428,6 +442,13 @@ fn close_raw(fd: i32) {
     // SAFETY: the caller owns `fd` through an OwnedFd that is never dropped
     // in this process (the child ends with _exit).
     unsafe { nix::libc::close(fd) };
+}
+
+/// `close_range(2)` (raw syscall: musl has no wrapper) over `first..=last`.
+fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: closes descriptors only; flags 0.
+    let r = unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first, last, 0u32) };
+    Errno::result(r).map(drop)
 }
 
 /// `open("/dev/null")`: the reserve descriptor. `None` where /dev/null is

@@ -1,0 +1,63 @@
+//! No heap after fork in the child, none in the parent's steady state.
+//!
+//! Needs `--features alloc-count`: the binary then counts its allocations and
+//! each child reports how many it made after fork; the parent reports how
+//! many it made after start-up when it stops.
+
+mod common;
+use common::*;
+use nix::sys::signal::Signal;
+
+fn counts(log: &str, who: &str) -> Vec<usize> {
+    let key = format!("alloc-check: {who} made ");
+    log.lines()
+        .filter_map(|l| l.split(&key).nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().parse().unwrap())
+        .collect()
+}
+
+fn serve_and_stop(env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut srv = Server::start_env(args, env);
+    for i in 0..50 {
+        round_trip(&srv, format!("message {i} with some bytes").as_bytes());
+    }
+    // A reset session and a multi-turn session take other child paths.
+    {
+        let mut s = srv.connect();
+        std::io::Write::write_all(&mut s, &random_bytes(1, 200_000)).unwrap();
+    }
+    assert_eq!(
+        srv.wait_log_count("alloc-check: child", 51, SOON),
+        51,
+        "{}",
+        srv.log()
+    );
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    srv.log()
+}
+
+#[test]
+fn child_path_and_parent_loop_do_not_allocate() {
+    let log = serve_and_stop(&[], &["-v"]);
+    let child = counts(&log, "child");
+    assert_eq!(child.len(), 51, "{log}");
+    assert!(
+        child.iter().all(|&n| n == 0),
+        "child allocations after fork: {child:?}"
+    );
+    assert_eq!(counts(&log, "parent"), vec![0], "{log}");
+}
+
+#[test]
+fn the_check_sees_an_allocation_in_the_child() {
+    // The negative control: the same run with one Box::new added to the child
+    // path must be caught, or the test above proves nothing.
+    let log = serve_and_stop(&[("FORKECHO_TEST_ALLOC_IN_CHILD", "1")], &[]);
+    let child = counts(&log, "child");
+    assert_eq!(child.len(), 51, "{log}");
+    assert!(
+        child.iter().all(|&n| n >= 1),
+        "allocation not detected: {child:?}"
+    );
+}

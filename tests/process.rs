@@ -1,0 +1,258 @@
+//! Process discipline: reaping, descriptor hygiene across fork, the child
+//! cap, descriptor exhaustion, shutdown.
+
+mod common;
+use common::*;
+use nix::sys::signal::Signal;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{Shutdown, TcpListener};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The sockets / pipes a process holds above stderr ("socket:[123]"); fd 2
+/// is the log pipe, shared by design.
+fn inodes(pid: i32, kind: &str) -> BTreeSet<String> {
+    fds(pid)
+        .into_iter()
+        .filter(|(n, t)| *n > 2 && t.starts_with(kind))
+        .map(|(_, t)| t)
+        .collect()
+}
+
+#[test]
+fn no_zombie_a_second_after_a_burst_without_further_connections() {
+    let srv = Server::start(&[]);
+    for i in 0..40 {
+        round_trip(&srv, format!("burst {i}").as_bytes());
+    }
+    // No further client: only SIGCHLD can wake the loop to reap.
+    std::thread::sleep(Duration::from_secs(1));
+    let (live, zombies) = srv.children();
+    assert_eq!(zombies.len(), 0, "zombies left: {zombies:?}");
+    assert_eq!(live.len(), 0, "children left: {live:?}");
+}
+
+#[test]
+fn child_holds_only_its_connection_and_parent_never_holds_it() {
+    let srv = Server::start(&[]);
+    let parent_sockets = inodes(srv.pid, "socket:");
+    let parent_pipes = inodes(srv.pid, "pipe:");
+    assert!(!parent_sockets.is_empty(), "listener visible in /proc");
+    assert!(!parent_pipes.is_empty(), "self-pipe visible in /proc");
+
+    let mut s = srv.connect();
+    s.write_all(b"x").unwrap();
+    assert_eq!(read_exact_within(&mut s, 1, SOON), b"x");
+    let (kids, _) = srv.children();
+    assert_eq!(kids.len(), 1);
+    let child = kids[0];
+
+    // Beyond stdin, stdout and stderr the child holds its connection and
+    // nothing else: no listener, no self-pipe, nothing inherited.
+    let extra: Vec<_> = fds(child).into_iter().filter(|(n, _)| *n > 2).collect();
+    assert_eq!(
+        extra.len(),
+        1,
+        "child holds more than its connection: {:?}",
+        fds(child)
+    );
+    let child_sockets = inodes(child, "socket:");
+    assert_eq!(
+        child_sockets.len(),
+        1,
+        "child holds exactly one socket: {:?}",
+        fds(child)
+    );
+    assert!(
+        child_sockets.is_disjoint(&parent_sockets),
+        "child still holds the listening socket: {:?}",
+        fds(child)
+    );
+    assert!(
+        inodes(child, "pipe:").is_disjoint(&parent_pipes),
+        "child still holds the self-pipe: {:?}",
+        fds(child)
+    );
+    // The parent's descriptors are what they were: the connection is not there.
+    assert_eq!(
+        inodes(srv.pid, "socket:"),
+        parent_sockets,
+        "parent holds the connection"
+    );
+    drop(s);
+}
+
+#[test]
+fn parent_descriptor_count_unchanged_after_hundreds_of_connections() {
+    let srv = Server::start(&[]);
+    let before = fds(srv.pid);
+    for i in 0..300 {
+        round_trip(&srv, format!("{i}").as_bytes());
+    }
+    assert_eq!(srv.wait_children(0, SOON), 0);
+    let after = fds(srv.pid);
+    assert_eq!(
+        before.len(),
+        after.len(),
+        "before {before:?}\nafter {after:?}"
+    );
+}
+
+#[test]
+fn max_children_holds_back_the_next_client_until_one_finishes() {
+    let srv = Server::start(&["--max-children", "1"]);
+    let mut a = srv.connect();
+    a.write_all(b"a").unwrap();
+    assert_eq!(read_exact_within(&mut a, 1, SOON), b"a");
+
+    // B completes the TCP handshake (kernel backlog) but is not served.
+    let mut b = srv.connect();
+    b.write_all(b"b").unwrap();
+    assert!(
+        silent_for(&b, Duration::from_millis(800)),
+        "second client served past the cap"
+    );
+    assert_eq!(srv.children().0.len(), 1);
+    // Not accepted and dropped either: still open, then served.
+    a.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof_within(&mut a, SOON), b"");
+    assert_eq!(read_exact_within(&mut b, 1, SOON), b"b");
+    b.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof_within(&mut b, SOON), b"");
+}
+
+fn prlimit_nofile(pid: i32, soft: u64) {
+    let st = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("prlimit (util-linux) is needed for this test");
+    assert!(st.success(), "prlimit failed");
+}
+
+#[test]
+fn emfile_does_not_spin_and_the_server_recovers() {
+    let srv = Server::start(&[]);
+    round_trip(&srv, b"before");
+    assert_eq!(srv.wait_children(0, SOON), 0);
+    // Lower the soft limit to the lowest free descriptor number: the next
+    // descriptor the server opens fails with EMFILE (existing ones stay).
+    let used: BTreeSet<i32> = fds(srv.pid).into_iter().map(|(n, _)| n).collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    prlimit_nofile(srv.pid, lowest_free as u64);
+
+    let cpu0 = cpu_ticks(srv.pid);
+    let t0 = Instant::now();
+    // Clients arrive while the server is out of descriptors: each is closed
+    // (not left queued, not spun on).
+    for _ in 0..5 {
+        let mut c = srv.connect();
+        c.write_all(b"lost").unwrap();
+        assert!(
+            closed_within(&mut c, SOON),
+            "connection neither closed nor served"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(srv.pid) - cpu0) as f64 / 100.0;
+    assert!(
+        cpu < wall * 0.3,
+        "server burned {cpu:.2}s CPU in {wall:.2}s while out of descriptors"
+    );
+    assert!(
+        srv.log().contains("EMFILE"),
+        "EMFILE not logged: {}",
+        srv.log()
+    );
+    // Rate-limited: five failures, one line.
+    assert_eq!(srv.log().matches("EMFILE").count(), 1, "{}", srv.log());
+
+    prlimit_nofile(srv.pid, 1024);
+    round_trip(&srv, b"recovered");
+}
+
+#[test]
+fn sigterm_drains_children_exits_zero_and_frees_the_port() {
+    let mut srv = Server::start(&["--shutdown-timeout", "10"]);
+    let mut s = srv.connect();
+    s.write_all(b"hi").unwrap();
+    assert_eq!(read_exact_within(&mut s, 2, SOON), b"hi");
+    let kids = srv.children().0;
+    assert_eq!(kids.len(), 1);
+
+    srv.signal(Signal::SIGTERM);
+    let st = srv.wait_exit(SOON);
+    assert_eq!(st.code(), Some(0), "log: {}", srv.log());
+    assert!(closed_within(&mut s, SOON), "client not closed by shutdown");
+    assert!(
+        proc_stat(kids[0]).is_none(),
+        "child {} outlived the server",
+        kids[0]
+    );
+    // SIGTERM ends a child as expected; that is not worth an error line.
+    assert!(!srv.log().contains("killed by"), "{}", srv.log());
+    TcpListener::bind(srv.addr).expect("port free again at once");
+}
+
+#[test]
+fn sigint_behaves_like_sigterm() {
+    let mut srv = Server::start(&[]);
+    round_trip(&srv, b"x");
+    srv.signal(Signal::SIGINT);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    assert!(srv.log().contains("stopped"));
+}
+
+#[test]
+fn shutdown_timeout_kills_a_child_that_does_not_stop() {
+    let mut srv = Server::start(&["--shutdown-timeout", "1"]);
+    let mut s = srv.connect();
+    s.write_all(b"z").unwrap();
+    assert_eq!(read_exact_within(&mut s, 1, SOON), b"z");
+    let kids = srv.children().0;
+    assert_eq!(kids.len(), 1);
+    // A stopped process keeps SIGTERM pending; only SIGKILL ends it.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kids[0]), Signal::SIGSTOP).unwrap();
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    assert!(
+        srv.log()
+            .contains("1 children still running after 1s, sending SIGKILL"),
+        "{}",
+        srv.log()
+    );
+    assert!(proc_stat(kids[0]).is_none(), "stopped child survived");
+}
+
+#[test]
+fn per_connection_lines_only_with_verbose() {
+    let mut quiet = Server::start(&[]);
+    let mut verbose = Server::start(&["-v"]);
+    for i in 0..3 {
+        round_trip(&quiet, format!("{i}").as_bytes());
+        round_trip(&verbose, format!("{i}").as_bytes());
+    }
+    assert_eq!(
+        verbose.wait_log_count("ended (eof), 1 bytes echoed", 3, SOON),
+        3,
+        "{}",
+        verbose.log()
+    );
+    assert_eq!(verbose.log().matches("served by child").count(), 3);
+    quiet.signal(Signal::SIGTERM);
+    quiet.wait_exit(SOON);
+    verbose.signal(Signal::SIGTERM);
+    verbose.wait_exit(SOON);
+    assert_eq!(
+        quiet.log().matches("connection from").count(),
+        0,
+        "{}",
+        quiet.log()
+    );
+    // Each line is whole: prefix, text, newline.
+    for line in verbose.log().lines() {
+        assert!(line.starts_with("forkecho["), "torn line: {line:?}");
+    }
+}
