@@ -80,7 +80,7 @@ pub struct Config {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     /// `--help` or `--version`: print this on stdout, exit 0.
     Print(String),
 }
@@ -155,14 +155,14 @@ pub fn parse(args: &[&str]) -> Result<Command> {
     } else {
         crate::log::Level::Info
     };
-    Ok(Command::Run(Config {
+    Ok(Command::Run(Box::new(Config {
         listen,
         max_children: max_children as usize,
         backlog: backlog as i32,
         buffer_size: buffer_size as usize,
         shutdown_timeout_secs: shutdown_timeout,
         level,
-    }))
+    })))
 }
 
 fn usage(msg: &str) -> Error {
@@ -194,7 +194,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Config {
         match parse(args) {
-            Ok(Command::Run(c)) => c,
+            Ok(Command::Run(c)) => *c,
             other => panic!("expected a config, got {other:?}"),
         }
     }

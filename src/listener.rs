@@ -10,7 +10,7 @@ use crate::cli::{ListenSpec, DEFAULT_PORT};
 use crate::error::{Error, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage,
+    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage,
 };
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -43,8 +43,7 @@ pub fn open(spec: ListenSpec, backlog: i32) -> Result<Listener> {
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
         .map_err(|e| Error::at("cannot bind", addr, e))?;
-    let backlog = Backlog::new(backlog).map_err(|e| Error::at("bad backlog for", addr, e))?;
-    socket::listen(&fd, backlog).map_err(|e| Error::at("cannot listen on", addr, e))?;
+    listen(&fd, backlog).map_err(|e| Error::at("cannot listen on", addr, e))?;
     let local = local_addr(&fd).map_err(|e| Error::at("cannot read the address of", addr, e))?;
     Ok(Listener { fd, local })
 }
@@ -70,6 +69,14 @@ pub fn open_default(backlog: i32) -> Result<Listener> {
         }
         other => other,
     }
+}
+
+/// `listen(2)` called directly: nix's `Backlog::new` refuses values above
+/// the C library's `SOMAXCONN` constant, which musl fixes at 128, although the
+/// kernel takes any value and caps it at `net.core.somaxconn` itself.
+fn listen(fd: &OwnedFd, backlog: i32) -> nix::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    Errno::result(unsafe { nix::libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
 }
 
 /// `getsockname(2)`: the address the kernel actually bound.

@@ -23,8 +23,22 @@ fn inodes(pid: i32, kind: &str) -> BTreeSet<String> {
 #[test]
 fn no_zombie_a_second_after_a_burst_without_further_connections() {
     let srv = Server::start(&[]);
-    for i in 0..40 {
-        round_trip(&srv, format!("burst {i}").as_bytes());
+    // 40 clients at once, so many children exit together and their SIGCHLDs
+    // coalesce: one waitpid per signal would leave zombies behind.
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = srv.addr;
+            std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, SOON).unwrap();
+                let msg = format!("burst {i}");
+                s.write_all(msg.as_bytes()).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                assert_eq!(read_to_eof_within(&mut s, SOON), msg.as_bytes());
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
     }
     // No further client: only SIGCHLD can wake the loop to reap.
     std::thread::sleep(Duration::from_secs(1));

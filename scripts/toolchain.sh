@@ -1,0 +1,116 @@
+# Sourced by the other scripts: finds or installs what a cross build and a
+# QEMU test run need, and picks how to build each target's standard library.
+#
+#   ensure_host             cargo (rustup), util-linux tools, file
+#   ensure_cross TARGET     zig linker, qemu-user, and either the rustup std
+#                           for TARGET or Debian's rustc + std source (build-std)
+#   zb ARGS...              cargo-zigbuild with the chosen mode's flags
+#   runner_for TARGET       the QEMU command for TARGET (as in .cargo/config.toml)
+#
+# Installs only on Debian/Ubuntu (apt-get) and PyPI (pip); elsewhere it says
+# what is missing and stops.
+
+_apt_updated=""
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "toolchain: missing packages: $* (install them; no apt-get here)" >&2
+        return 1
+    fi
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if [ -z "$_apt_updated" ]; then
+        $sudo apt-get update -qq
+        _apt_updated=1
+    fi
+    echo "toolchain: apt-get install $*" >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_host() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "toolchain: cargo not found; install Rust with rustup first" >&2
+        return 1
+    fi
+    local pkgs=()
+    command -v prlimit >/dev/null 2>&1 || pkgs+=(util-linux)
+    command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
+    command -v file >/dev/null 2>&1 || pkgs+=(file)
+    [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+}
+
+runner_for() {
+    case "$1" in
+        armv7-*) echo "qemu-arm" ;;
+        arm-*) echo "qemu-arm -cpu arm1176" ;;
+        aarch64-*) echo "qemu-aarch64" ;;
+        *) echo "" ;;
+    esac
+}
+
+# Which std to use for a target: "rustup" when `rustup target add` has
+# installed it, else "build-std" (Debian's rustc-web + rust-web-src compile
+# std from source; see README, "Building for ARM").
+BUILD_MODE=""
+ensure_cross() {
+    local target="$1"
+    local pkgs=()
+    local qemu
+    qemu=$(runner_for "$target" | cut -d' ' -f1)
+    command -v "$qemu" >/dev/null 2>&1 || pkgs+=(qemu-user)
+    if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+        BUILD_MODE=rustup
+    else
+        BUILD_MODE=build-std
+        [ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || pkgs+=(rustc-web)
+        [ -d /usr/lib/rustlib/src/rust/library ] || pkgs+=(rust-web-src)
+    fi
+    [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+    if ! command -v cargo-zigbuild >/dev/null 2>&1 || ! python3 -m ziglang version >/dev/null 2>&1; then
+        echo "toolchain: pip install ziglang cargo-zigbuild" >&2
+        python3 -m pip install -q ziglang cargo-zigbuild
+        hash -r
+    fi
+    if [ "$BUILD_MODE" = build-std ]; then
+        # Debian's compiler matches the std source it ships; RUSTC_BOOTSTRAP
+        # enables -Zbuild-std on a stable compiler; zig supplies crt1.o and
+        # libc.a, so rustc must not add its own (absent) musl objects.
+        export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo RUSTC_BOOTSTRAP=1
+        export RUSTFLAGS="${RUSTFLAGS:-} -C link-self-contained=no"
+    fi
+    echo "toolchain: $target with $BUILD_MODE std ($(${RUSTC:-rustc} --version))" >&2
+}
+
+# cargo-zigbuild SUBCOMMAND ARGS, plus -Zbuild-std where needed. Release
+# builds abort on panic and need the panic_abort runtime built too.
+zb() {
+    local sub="$1"
+    shift
+    if [ "$BUILD_MODE" = build-std ]; then
+        if [ "$sub" = zigbuild ]; then
+            cargo-zigbuild "$sub" "$@" -Zbuild-std=std,panic_abort
+        else
+            cargo-zigbuild "$sub" "$@" -Zbuild-std
+        fi
+    else
+        cargo-zigbuild "$sub" "$@"
+    fi
+}
+
+# Checks that `file` calls the binary static and of the right architecture.
+check_binary() {
+    local target="$1" bin="$2" want
+    case "$target" in
+        arm*-*) want="ELF 32-bit LSB executable, ARM" ;;
+        aarch64-*) want="ELF 64-bit LSB executable, ARM aarch64" ;;
+        *) want="ELF" ;;
+    esac
+    local desc
+    desc=$(file -b "$bin")
+    case "$desc" in
+        "$want"*"statically linked"*) echo "file: $desc" ;;
+        *)
+            echo "check failed: $bin is \"$desc\", expected \"$want ... statically linked\"" >&2
+            return 1
+            ;;
+    esac
+}
