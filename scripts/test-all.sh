@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one test command: host tests, then for each ARM target the static
-# release build and the whole suite under QEMU user mode.
+# The one test command: host tests, then for each Raspberry Pi target the
+# static release build and the whole suite under QEMU user mode.
 #
-#   scripts/test-all.sh                   # host + armv7
+#   scripts/test-all.sh                   # host + armv7, armv6, aarch64
 #   FORKECHO_TARGETS="armv7-unknown-linux-musleabihf" scripts/test-all.sh
 #   FORKECHO_TARGETS="" scripts/test-all.sh   # host only
 #
@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/toolchain.sh
 
-TARGETS="${FORKECHO_TARGETS-armv7-unknown-linux-musleabihf}"
+# armv7 first: the armv6 step uses its binary as a negative control.
+TARGETS="${FORKECHO_TARGETS-armv7-unknown-linux-musleabihf arm-unknown-linux-musleabihf aarch64-unknown-linux-musl}"
 
 ensure_host
 echo "== host: cargo test (with the allocation counter)"
@@ -27,6 +28,22 @@ for target in $TARGETS; do
         zb zigbuild --release --target "$target"
         check_binary "$target" "$bin"
         echo "size: $(stat -c %s "$bin") bytes"
+        if [ "$target" = arm-unknown-linux-musleabihf ]; then
+            # The proof that the ARMv6 build has no ARMv7-only instruction is
+            # that everything below runs on the Pi 1 core (-cpu arm1176); the
+            # proof that this CPU model would notice is the ARMv7 build dying
+            # on it with SIGILL.
+            v7=target/armv7-unknown-linux-musleabihf/release/forkecho
+            if [ -x "$v7" ]; then
+                rc=0
+                qemu-arm -cpu arm1176 "$v7" --version >/dev/null 2>&1 || rc=$?
+                if [ "$rc" != 132 ]; then
+                    echo "check failed: armv7 binary under -cpu arm1176 gave status $rc, expected 132 (SIGILL)" >&2
+                    exit 1
+                fi
+                echo "arm1176 rejects the armv7 build (SIGILL), as it must"
+            fi
+        fi
 
         echo "== $target: unit and integration tests, built for $target, under $(runner_for "$target")"
         zb test --profile qemu-test --features alloc-count --target "$target"

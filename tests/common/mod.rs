@@ -4,8 +4,8 @@
 //!
 //! The binary is `FORKECHO_BIN` when set (e.g. the release ARM build), else
 //! the one cargo built for this test. The runner is `FORKECHO_RUNNER` when
-//! set (may be empty for native), else `qemu-arm`/`qemu-aarch64` when the test
-//! itself was built for ARM (it then runs under that emulator too).
+//! set (may be empty for native, e.g. on a Pi), else the QEMU command for the
+//! target the test itself was built for (it then runs under that emulator too).
 
 #![allow(dead_code)]
 
@@ -28,12 +28,29 @@ pub fn runner() -> Vec<String> {
     if let Ok(r) = std::env::var("FORKECHO_RUNNER") {
         return r.split_whitespace().map(String::from).collect();
     }
-    if cfg!(target_arch = "arm") {
-        vec!["qemu-arm".into()]
-    } else if cfg!(target_arch = "aarch64") && !cfg!(target_os = "android") {
-        vec!["qemu-aarch64".into()]
+    // By the triple this harness was built for (build.rs records it), as in
+    // .cargo/config.toml: ARMv6 runs on the Pi 1 core so that any ARMv7-only
+    // instruction faults.
+    let target = env!("FORKECHO_TARGET");
+    let r: &[&str] = if cfg!(target_arch = "x86_64") {
+        &[]
+    } else if target.starts_with("armv7") {
+        &["qemu-arm"]
+    } else if target.starts_with("arm-") {
+        &["qemu-arm", "-cpu", "arm1176"]
+    } else if target.starts_with("aarch64") {
+        &["qemu-aarch64"]
     } else {
-        vec![]
+        &[]
+    };
+    // Natively on a board (no emulator installed) the binary runs as is.
+    let on_path = |prog: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    };
+    match r.first() {
+        Some(prog) if on_path(prog) => r.iter().map(|s| s.to_string()).collect(),
+        _ => vec![],
     }
 }
 

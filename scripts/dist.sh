@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Release artifacts: builds the static binary for every Raspberry Pi target
+# into dist/ as forkecho-<version>-<target>, with SHA256SUMS and a size table.
+#
+#   scripts/dist.sh            # all three targets
+#   scripts/dist.sh TARGET...  # some of them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/toolchain.sh
+
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(arm-unknown-linux-musleabihf armv7-unknown-linux-musleabihf aarch64-unknown-linux-musl)
+
+ensure_host
+rm -rf dist
+mkdir -p dist
+for target in "${targets[@]}"; do
+    (
+        ensure_cross "$target"
+        zb zigbuild --release --target "$target"
+        bin="target/$target/release/forkecho"
+        check_binary "$target" "$bin"
+        # The binary must say what it is: a user on a board checks this.
+        got=$($(runner_for "$target") "$bin" --version)
+        [ "$got" = "forkecho $version ($target)" ] || {
+            echo "check failed: $bin --version says \"$got\"" >&2
+            exit 1
+        }
+        cp "$bin" "dist/forkecho-$version-$target"
+    )
+done
+cd dist
+sha256sum forkecho-* > SHA256SUMS
+{
+    printf '| file | bytes |\n| --- | ---: |\n'
+    for f in forkecho-*; do printf '| %s | %s |\n' "$f" "$(stat -c %s "$f")"; done
+} > SIZES.md
+cat SIZES.md
+echo "dist/: $(ls | tr '\n' ' ')"
