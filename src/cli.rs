@@ -38,6 +38,12 @@ struct Args {
     #[argh(option, default = "16384")]
     buffer_size: u32,
 
+    /// how a child echoes: splice (zero-copy through a pipe; falls back to
+    /// copy where the kernel refuses it) or copy (read/write through the
+    /// buffer). Default: splice
+    #[argh(option, default = "String::from(\"splice\")")]
+    echo: String,
+
     /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
     /// 0..=3600 (default 5)
     #[argh(option, default = "5")]
@@ -74,6 +80,7 @@ pub struct Config {
     pub backlog: i32,
     pub buffer_size: usize,
     pub shutdown_timeout_secs: u32,
+    pub echo_mode: crate::session::Mode,
     pub level: crate::log::Level,
 }
 
@@ -123,6 +130,12 @@ pub fn parse(args: &[&str]) -> Result<Command> {
     )?;
     let shutdown_timeout = ranged("--shutdown-timeout", args.shutdown_timeout, 0, 3600)?;
 
+    let echo_mode = match args.echo.as_str() {
+        "splice" => crate::session::Mode::Splice,
+        "copy" => crate::session::Mode::Copy,
+        other => return Err(usage(&format!("--echo {other}: must be splice or copy"))),
+    };
+
     let mut listen = heapless::Vec::new();
     for text in &args.listen {
         let addr = parse_addr(text)?;
@@ -161,6 +174,7 @@ pub fn parse(args: &[&str]) -> Result<Command> {
         backlog: backlog as i32,
         buffer_size: buffer_size as usize,
         shutdown_timeout_secs: shutdown_timeout,
+        echo_mode,
         level,
     })))
 }
@@ -214,6 +228,11 @@ mod tests {
         assert_eq!(c.backlog, 128);
         assert_eq!(c.buffer_size, 16384);
         assert_eq!(c.shutdown_timeout_secs, 5);
+        assert_eq!(c.echo_mode, crate::session::Mode::Splice);
+        assert_eq!(
+            run(&["--echo", "copy"]).echo_mode,
+            crate::session::Mode::Copy
+        );
         assert_eq!(c.level, crate::log::Level::Info);
     }
 
@@ -255,6 +274,7 @@ mod tests {
             &["--listen", "1.2.3.4:7", "--listen", "1.2.3.4:7"],
             &["--bogus"],
             &["-v", "-q"],
+            &["--echo", "zerocopy"],
         ] {
             let e = err(bad);
             assert!(!e.contains('\n'), "{bad:?} gave a multi-line error: {e}");

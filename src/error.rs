@@ -50,9 +50,7 @@ impl fmt::Display for Error {
                 if let Some(a) = addr {
                     write!(f, " {a}")?;
                 }
-                // "Address already in use (EADDRINUSE)": the text for people,
-                // the name for searching.
-                write!(f, ": {} ({:?})", errno.desc(), errno)
+                write!(f, ": {}", Reason(*errno))
             }
         }
     }
@@ -60,9 +58,72 @@ impl fmt::Display for Error {
 
 pub type Result<T> = core::result::Result<T, Error>;
 
+/// "Address already in use (EADDRINUSE)": the text for people, the name for
+/// searching. Written without `Debug`, which release builds compile out
+/// (`-Zfmt-debug=none`) to save space.
+pub struct Reason(pub Errno);
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.desc())?;
+        match errno_name(self.0) {
+            Some(name) => write!(f, " ({name})"),
+            None => write!(f, " (errno {})", self.0 as i32),
+        }
+    }
+}
+
+/// Symbolic names of the errors this server can meet; others print as a
+/// number. A full table would cost more bytes than it is worth on a board.
+fn errno_name(e: Errno) -> Option<&'static str> {
+    use Errno::*;
+    Some(match e {
+        EPERM => "EPERM",
+        ENOENT => "ENOENT",
+        EINTR => "EINTR",
+        EIO => "EIO",
+        EBADF => "EBADF",
+        EAGAIN => "EAGAIN",
+        ENOMEM => "ENOMEM",
+        EACCES => "EACCES",
+        EFAULT => "EFAULT",
+        EINVAL => "EINVAL",
+        ENFILE => "ENFILE",
+        EMFILE => "EMFILE",
+        ENOSPC => "ENOSPC",
+        EPIPE => "EPIPE",
+        ENOSYS => "ENOSYS",
+        ENOTSOCK => "ENOTSOCK",
+        EPROTO => "EPROTO",
+        EPROTONOSUPPORT => "EPROTONOSUPPORT",
+        EOPNOTSUPP => "EOPNOTSUPP",
+        EAFNOSUPPORT => "EAFNOSUPPORT",
+        EADDRINUSE => "EADDRINUSE",
+        EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        ENETDOWN => "ENETDOWN",
+        ENETUNREACH => "ENETUNREACH",
+        ECONNABORTED => "ECONNABORTED",
+        ECONNRESET => "ECONNRESET",
+        ENOBUFS => "ENOBUFS",
+        ENOTCONN => "ENOTCONN",
+        ETIMEDOUT => "ETIMEDOUT",
+        ECONNREFUSED => "ECONNREFUSED",
+        EHOSTUNREACH => "EHOSTUNREACH",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unlisted_errno_prints_its_number() {
+        assert_eq!(
+            Reason(Errno::EXDEV).to_string(),
+            format!("{} (errno {})", Errno::EXDEV.desc(), Errno::EXDEV as i32)
+        );
+    }
 
     #[test]
     fn sys_error_names_address_and_reason() {

@@ -52,7 +52,7 @@ fn start() -> Result<()> {
         .skip(1)
         .map(|a| {
             a.into_string()
-                .map_err(|a| Error::Usage(format!("argument {a:?} is not UTF-8")))
+                .map_err(|a| Error::Usage(format!("argument {} is not UTF-8", a.to_string_lossy())))
         })
         .collect::<Result<_>>()?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

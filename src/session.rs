@@ -5,6 +5,7 @@
 //! so no exit handler runs and no buffer inherited from the parent is flushed
 //! a second time.
 
+use crate::error::Reason;
 use crate::log::Level;
 use nix::errno::Errno;
 use nix::sys::socket::{self, Shutdown};
@@ -42,8 +43,69 @@ impl End {
     }
 }
 
+/// How the child moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `splice(2)` socket -> pipe -> socket: the data never enters user
+    /// space and the buffer is never touched (fewer dirty pages per child).
+    /// Falls back to `Copy` where the kernel or emulator refuses it.
+    Splice,
+    /// `read(2)`/`write(2)` through the buffer prepared before fork.
+    Copy,
+}
+
+/// Bytes moved per splice: the default pipe capacity (16 pages).
+const SPLICE_CHUNK: usize = 64 * 1024;
+
+/// Echoes with splice; `None` when splice is not available here (the pipe
+/// cannot be made, or the first splice fails with `EINVAL`/`ENOSYS` before any
+/// byte moved), so the caller can fall back to copying without the peer
+/// noticing.
+fn echo_splice(conn: &OwnedFd) -> Option<(End, u64)> {
+    use nix::fcntl::{splice, OFlag, SpliceFFlags};
+    let (pr, pw) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+    let mut total = 0u64;
+    loop {
+        let n = match splice(
+            conn,
+            None,
+            &pw,
+            None,
+            SPLICE_CHUNK,
+            SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return None,
+            Err(e) => return Some((classify(e), total)),
+        };
+        // Drain the pipe completely before reading more: the pipe then never
+        // holds more than one chunk, so neither splice can block on it.
+        let mut left = n;
+        while left > 0 {
+            match splice(&pr, None, conn, None, left, SpliceFFlags::SPLICE_F_MOVE) {
+                Ok(m) => left -= m,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Some((classify(e), total)),
+            }
+        }
+        total += n as u64;
+    }
+    Some((half_close(conn), total))
+}
+
 /// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
-pub fn echo(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
+pub fn echo(conn: &OwnedFd, buf: &mut [u8], mode: Mode) -> (End, u64) {
+    if mode == Mode::Splice {
+        if let Some(done) = echo_splice(conn) {
+            return done;
+        }
+    }
+    echo_copy(conn, buf)
+}
+
+fn echo_copy(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
     let mut total = 0u64;
     loop {
         let n = match nix::unistd::read(conn, buf) {
@@ -57,11 +119,15 @@ pub fn echo(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
         }
         total += n as u64;
     }
-    // All input is echoed: tell the peer we are done too. The kernel sends
-    // what is queued before the FIN, so no byte is lost.
+    (half_close(conn), total)
+}
+
+/// All input is echoed: tell the peer we are done too. The kernel sends what
+/// is queued before the FIN, so no byte is lost.
+fn half_close(conn: &OwnedFd) -> End {
     match socket::shutdown(conn.as_raw_fd(), Shutdown::Write) {
-        Ok(()) | Err(Errno::ENOTCONN) => (End::Eof, total),
-        Err(e) => (classify(e), total),
+        Ok(()) | Err(Errno::ENOTCONN) => End::Eof,
+        Err(e) => classify(e),
     }
 }
 
@@ -86,14 +152,14 @@ fn classify(e: Errno) -> End {
 }
 
 /// Runs the session and logs its end: an error always, a normal end with `-v`.
-pub fn run(conn: &OwnedFd, peer: Option<SocketAddr>, buf: &mut [u8]) -> End {
-    let (end, bytes) = echo(conn, buf);
+pub fn run(conn: &OwnedFd, peer: Option<SocketAddr>, buf: &mut [u8], mode: Mode) -> End {
+    let (end, bytes) = echo(conn, buf, mode);
     let peer = PeerDisplay(peer);
     match end {
         End::Error(e) => crate::log!(
             Level::Error,
-            "connection from {peer} failed after {bytes} bytes: {} ({e:?})",
-            e.desc()
+            "connection from {peer} failed after {bytes} bytes: {}",
+            Reason(e)
         ),
         _ => crate::log!(
             Level::Debug,

@@ -14,6 +14,7 @@
 //! into fixed storage.
 
 use crate::cli::{Config, MAX_CHILDREN, MAX_LISTENERS};
+use crate::error::Reason;
 use crate::listener::{self, Listener};
 use crate::log::Level;
 use crate::session::{self, PeerDisplay};
@@ -72,6 +73,7 @@ pub struct Supervisor {
     children: heapless::Vec<Pid, MAX_CHILDREN>,
     /// The echo buffer, allocated once here and inherited by every child.
     buf: Box<[u8]>,
+    mode: session::Mode,
     /// A descriptor kept only to be given up when `accept` fails with
     /// EMFILE/ENFILE: closing it makes room to accept the pending connection
     /// and close it, so the queue drains instead of spinning the loop.
@@ -100,6 +102,7 @@ impl Supervisor {
             pipe,
             children: heapless::Vec::new(),
             buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
+            mode: cfg.echo_mode,
             reserve: open_reserve(),
             paused_until: None,
             shutting_down: false,
@@ -177,7 +180,7 @@ impl Supervisor {
         drop(fds);
         if let Some(e) = failed {
             // Cannot happen with valid descriptors; never spin on it.
-            crate::log!(Level::Error, "poll failed: {} ({e:?})", e.desc());
+            crate::log!(Level::Error, "poll failed: {}", Reason(e));
             self.pause(SHORT_PAUSE);
             return 0;
         }
@@ -202,7 +205,7 @@ impl Supervisor {
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.forget(pid);
                     if !(self.shutting_down && sig == Signal::SIGTERM) {
-                        crate::log!(Level::Info, "child {pid} killed by {sig:?}");
+                        crate::log!(Level::Info, "child {pid} killed by {}", sig.as_str());
                     }
                 }
                 Ok(_) => continue,
@@ -282,8 +285,8 @@ impl Supervisor {
         if let Some(held) = self.accept_log.allow(Instant::now()) {
             crate::log!(
                 Level::Error,
-                "accept failed: {} ({e:?}), {action} ({held} similar messages suppressed)",
-                e.desc()
+                "accept failed: {}, {action} ({held} similar messages suppressed)",
+                Reason(e)
             );
         }
     }
@@ -313,8 +316,8 @@ impl Supervisor {
                 if let Some(held) = self.fork_log.allow(Instant::now()) {
                     crate::log!(
                         Level::Error,
-                        "fork failed: {} ({e:?}), closed the connection from {} and pausing ({held} similar messages suppressed)",
-                        e.desc(),
+                        "fork failed: {}, closed the connection from {} and pausing ({held} similar messages suppressed)",
+                        Reason(e),
                         PeerDisplay(peer)
                     );
                 }
@@ -336,7 +339,7 @@ impl Supervisor {
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
         }
-        let end = session::run(&conn, peer, &mut self.buf);
+        let end = session::run(&conn, peer, &mut self.buf, self.mode);
         #[cfg(feature = "alloc-count")]
         crate::log!(
             Level::Error,

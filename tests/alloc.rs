@@ -39,14 +39,16 @@ fn serve_and_stop(env: &[(&str, &str)], args: &[&str]) -> String {
 
 #[test]
 fn child_path_and_parent_loop_do_not_allocate() {
-    let log = serve_and_stop(&[], &["-v"]);
-    let child = counts(&log, "child");
-    assert_eq!(child.len(), 51, "{log}");
-    assert!(
-        child.iter().all(|&n| n == 0),
-        "child allocations after fork: {child:?}"
-    );
-    assert_eq!(counts(&log, "parent"), vec![0], "{log}");
+    for mode in ["splice", "copy"] {
+        let log = serve_and_stop(&[], &["-v", "--echo", mode]);
+        let child = counts(&log, "child");
+        assert_eq!(child.len(), 51, "{log}");
+        assert!(
+            child.iter().all(|&n| n == 0),
+            "{mode}: child allocations after fork: {child:?}"
+        );
+        assert_eq!(counts(&log, "parent"), vec![0], "{mode}: {log}");
+    }
 }
 
 #[test]

@@ -3,128 +3,143 @@
 
 mod common;
 use common::*;
+
+/// Both echo paths must behave the same to the peer.
+const MODES: [&str; 2] = ["splice", "copy"];
 use std::io::Write;
 use std::net::Shutdown;
 use std::time::{Duration, SystemTime};
 
 #[test]
 fn echoes_exact_bytes() {
-    let srv = Server::start(&[]);
-    let mut s = srv.connect();
-    s.write_all(b"hello, forkecho\r\n").unwrap();
-    assert_eq!(read_exact_within(&mut s, 17, SOON), b"hello, forkecho\r\n");
-    // Nothing extra follows the echo.
-    assert!(silent_for(&s, Duration::from_millis(200)));
+    for mode in MODES {
+        let srv = Server::start(&["--echo", mode]);
+        let mut s = srv.connect();
+        s.write_all(b"hello, forkecho\r\n").unwrap();
+        assert_eq!(read_exact_within(&mut s, 17, SOON), b"hello, forkecho\r\n");
+        // Nothing extra follows the echo.
+        assert!(silent_for(&s, Duration::from_millis(200)));
+    }
 }
 
 #[test]
 fn echoes_all_256_byte_values() {
-    let srv = Server::start(&[]);
-    let all: Vec<u8> = (0..=255u8).collect();
-    round_trip(&srv, &all);
-    // Twice more in one connection, reversed, to catch any byte-value filter.
-    let mut s = srv.connect();
-    let rev: Vec<u8> = all.iter().rev().copied().collect();
-    s.write_all(&rev).unwrap();
-    s.write_all(&all).unwrap();
-    let got = read_exact_within(&mut s, 512, SOON);
-    assert_eq!(&got[..256], &rev[..]);
-    assert_eq!(&got[256..], &all[..]);
+    for mode in MODES {
+        let srv = Server::start(&["--echo", mode]);
+        let all: Vec<u8> = (0..=255u8).collect();
+        round_trip(&srv, &all);
+        // Twice more in one connection, reversed, to catch any byte-value filter.
+        let mut s = srv.connect();
+        let rev: Vec<u8> = all.iter().rev().copied().collect();
+        s.write_all(&rev).unwrap();
+        s.write_all(&all).unwrap();
+        let got = read_exact_within(&mut s, 512, SOON);
+        assert_eq!(&got[..256], &rev[..]);
+        assert_eq!(&got[256..], &all[..]);
+    }
 }
 
 #[test]
 fn multi_mib_random_payload_written_and_read_concurrently() {
-    // Small buffer on purpose: thousands of read/write turns in the child.
-    let srv = Server::start(&["--buffer-size", "4096"]);
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let payload = random_bytes(seed, 4 << 20);
-    let want = digest(&payload);
-    let mut s = srv.connect();
-    let mut w = s.try_clone().unwrap();
-    // Written from another thread while this one reads: a server that read
-    // everything before writing (or the reverse) would deadlock here.
-    let writer = std::thread::spawn(move || {
-        w.write_all(&payload).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let got = read_to_eof_within(&mut s, Duration::from_secs(120));
-    writer.join().unwrap();
-    assert_eq!(got.len(), 4 << 20, "seed {seed}");
-    assert_eq!(digest(&got), want, "digest mismatch, seed {seed}");
+    for mode in MODES {
+        // Small buffer on purpose: thousands of read/write turns in the child.
+        let srv = Server::start(&["--echo", mode, "--buffer-size", "4096"]);
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let payload = random_bytes(seed, 4 << 20);
+        let want = digest(&payload);
+        let mut s = srv.connect();
+        let mut w = s.try_clone().unwrap();
+        // Written from another thread while this one reads: a server that read
+        // everything before writing (or the reverse) would deadlock here.
+        let writer = std::thread::spawn(move || {
+            w.write_all(&payload).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let got = read_to_eof_within(&mut s, Duration::from_secs(120));
+        writer.join().unwrap();
+        assert_eq!(got.len(), 4 << 20, "seed {seed}");
+        assert_eq!(digest(&got), want, "digest mismatch, seed {seed}");
+    }
 }
 
 #[test]
 fn several_messages_on_one_connection() {
-    let srv = Server::start(&[]);
-    let mut s = srv.connect();
-    for (i, msg) in [&b"one"[..], b"two two", b"\x00\xff\n", b"four!"]
-        .iter()
-        .enumerate()
-    {
-        s.write_all(msg).unwrap();
+    for mode in MODES {
+        let srv = Server::start(&["--echo", mode]);
+        let mut s = srv.connect();
+        for (i, msg) in [&b"one"[..], b"two two", b"\x00\xff\n", b"four!"]
+            .iter()
+            .enumerate()
+        {
+            s.write_all(msg).unwrap();
+            assert_eq!(
+                read_exact_within(&mut s, msg.len(), SOON),
+                *msg,
+                "message {i}"
+            );
+        }
+        s.shutdown(Shutdown::Write).unwrap();
         assert_eq!(
-            read_exact_within(&mut s, msg.len(), SOON),
-            *msg,
-            "message {i}"
+            read_to_eof_within(&mut s, SOON),
+            b"",
+            "EOF after the last echo"
         );
     }
-    s.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(
-        read_to_eof_within(&mut s, SOON),
-        b"",
-        "EOF after the last echo"
-    );
 }
 
 #[test]
 fn half_close_gets_every_byte_then_eof() {
-    let srv = Server::start(&[]);
-    let mut s = srv.connect();
-    let payload = random_bytes(7, 300_000);
-    // Far more than the socket buffers hold, written before reading anything:
-    // the server must keep echoing while we write, then close only after the
-    // last byte.
-    let mut w = s.try_clone().unwrap();
-    let p2 = payload.clone();
-    let t = std::thread::spawn(move || {
-        w.write_all(&p2).unwrap();
-        w.shutdown(Shutdown::Write).unwrap();
-    });
-    let got = read_to_eof_within(&mut s, Duration::from_secs(60));
-    t.join().unwrap();
-    assert_eq!(got.len(), payload.len());
-    assert!(got == payload);
+    for mode in MODES {
+        let srv = Server::start(&["--echo", mode]);
+        let mut s = srv.connect();
+        let payload = random_bytes(7, 300_000);
+        // Far more than the socket buffers hold, written before reading anything:
+        // the server must keep echoing while we write, then close only after the
+        // last byte.
+        let mut w = s.try_clone().unwrap();
+        let p2 = payload.clone();
+        let t = std::thread::spawn(move || {
+            w.write_all(&p2).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let got = read_to_eof_within(&mut s, Duration::from_secs(60));
+        t.join().unwrap();
+        assert_eq!(got.len(), payload.len());
+        assert!(got == payload);
+    }
 }
 
 #[test]
 fn client_reset_mid_stream_is_survived() {
-    let srv = Server::start(&[]);
-    {
-        let mut s = srv.connect();
-        s.write_all(&random_bytes(3, 100_000)).unwrap();
-        // SO_LINGER 0 turns close into a RST with data still unread.
-        nix::sys::socket::setsockopt(
-            &s,
-            nix::sys::socket::sockopt::Linger,
-            &nix::libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            },
-        )
-        .unwrap();
+    for mode in MODES {
+        let srv = Server::start(&["--echo", mode]);
+        {
+            let mut s = srv.connect();
+            s.write_all(&random_bytes(3, 100_000)).unwrap();
+            // SO_LINGER 0 turns close into a RST with data still unread.
+            nix::sys::socket::setsockopt(
+                &s,
+                nix::sys::socket::sockopt::Linger,
+                &nix::libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            )
+            .unwrap();
+        }
+        // The reset session ends quietly; the next client is served.
+        assert_eq!(srv.wait_children(0, SOON), 0);
+        round_trip(&srv, b"still here");
+        assert!(
+            !srv.log().contains("failed"),
+            "a reset is not an error: {}",
+            srv.log()
+        );
+        assert!(!srv.log().contains("exited with status"), "{}", srv.log());
     }
-    // The reset session ends quietly; the next client is served.
-    assert_eq!(srv.wait_children(0, SOON), 0);
-    round_trip(&srv, b"still here");
-    assert!(
-        !srv.log().contains("failed"),
-        "a reset is not an error: {}",
-        srv.log()
-    );
-    assert!(!srv.log().contains("exited with status"), "{}", srv.log());
 }
 
 #[test]

@@ -49,52 +49,54 @@ fn no_zombie_a_second_after_a_burst_without_further_connections() {
 
 #[test]
 fn child_holds_only_its_connection_and_parent_never_holds_it() {
-    let srv = Server::start(&[]);
-    let parent_sockets = inodes(srv.pid, "socket:");
-    let parent_pipes = inodes(srv.pid, "pipe:");
-    assert!(!parent_sockets.is_empty(), "listener visible in /proc");
-    assert!(!parent_pipes.is_empty(), "self-pipe visible in /proc");
+    // copy: the connection alone; splice: the connection and its own pipe.
+    for (mode, extra_fds) in [("copy", 1), ("splice", 3)] {
+        let srv = Server::start(&["--echo", mode]);
+        let parent_sockets = inodes(srv.pid, "socket:");
+        let parent_pipes = inodes(srv.pid, "pipe:");
+        assert!(!parent_sockets.is_empty(), "listener visible in /proc");
+        assert!(!parent_pipes.is_empty(), "self-pipe visible in /proc");
 
-    let mut s = srv.connect();
-    s.write_all(b"x").unwrap();
-    assert_eq!(read_exact_within(&mut s, 1, SOON), b"x");
-    let (kids, _) = srv.children();
-    assert_eq!(kids.len(), 1);
-    let child = kids[0];
+        let mut s = srv.connect();
+        s.write_all(b"x").unwrap();
+        assert_eq!(read_exact_within(&mut s, 1, SOON), b"x");
+        let (kids, _) = srv.children();
+        assert_eq!(kids.len(), 1);
+        let child = kids[0];
 
-    // Beyond stdin, stdout and stderr the child holds its connection and
-    // nothing else: no listener, no self-pipe, nothing inherited.
-    let extra: Vec<_> = fds(child).into_iter().filter(|(n, _)| *n > 2).collect();
-    assert_eq!(
-        extra.len(),
-        1,
-        "child holds more than its connection: {:?}",
-        fds(child)
-    );
-    let child_sockets = inodes(child, "socket:");
-    assert_eq!(
-        child_sockets.len(),
-        1,
-        "child holds exactly one socket: {:?}",
-        fds(child)
-    );
-    assert!(
-        child_sockets.is_disjoint(&parent_sockets),
-        "child still holds the listening socket: {:?}",
-        fds(child)
-    );
-    assert!(
-        inodes(child, "pipe:").is_disjoint(&parent_pipes),
-        "child still holds the self-pipe: {:?}",
-        fds(child)
-    );
-    // The parent's descriptors are what they were: the connection is not there.
-    assert_eq!(
-        inodes(srv.pid, "socket:"),
-        parent_sockets,
-        "parent holds the connection"
-    );
-    drop(s);
+        // Beyond stdin, stdout and stderr the child holds what it needs and
+        // nothing else: no listener, no self-pipe, nothing inherited.
+        let extra: Vec<_> = fds(child).into_iter().filter(|(n, _)| *n > 2).collect();
+        assert_eq!(
+            extra.len(),
+            extra_fds,
+            "{mode}: child holds {:?}",
+            fds(child)
+        );
+        let child_sockets = inodes(child, "socket:");
+        assert_eq!(
+            child_sockets.len(),
+            1,
+            "{mode}: child sockets {:?}",
+            fds(child)
+        );
+        assert!(
+            child_sockets.is_disjoint(&parent_sockets),
+            "{mode}: child still holds the listening socket: {:?}",
+            fds(child)
+        );
+        assert!(
+            inodes(child, "pipe:").is_disjoint(&parent_pipes),
+            "{mode}: child still holds the self-pipe: {:?}",
+            fds(child)
+        );
+        // The parent's descriptors are what they were: no connection there.
+        assert_eq!(
+            inodes(srv.pid, "socket:"),
+            parent_sockets,
+            "{mode}: parent holds the connection"
+        );
+    }
 }
 
 #[test]
