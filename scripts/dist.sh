@@ -21,6 +21,7 @@ for target in "${targets[@]}"; do
         zb zigbuild --release --target "$target"
         bin="target/$target/release/forkecho"
         check_binary "$target" "$bin"
+        check_size "$target" "$bin"
         # The binary must say what it is: a user on a board checks this.
         got=$($(runner_for "$target") "$bin" --version)
         [ "$got" = "forkecho $version ($target)" ] || {

@@ -27,7 +27,7 @@ for target in $TARGETS; do
         echo "== $target: release build"
         zb zigbuild --release --target "$target"
         check_binary "$target" "$bin"
-        echo "size: $(stat -c %s "$bin") bytes"
+        check_size "$target" "$bin"
         if [ "$target" = arm-unknown-linux-musleabihf ]; then
             # The proof that the ARMv6 build has no ARMv7-only instruction is
             # that everything below runs on the Pi 1 core (-cpu arm1176); the

@@ -56,7 +56,7 @@ ensure_cross() {
     local pkgs=()
     local qemu
     qemu=$(runner_for "$target" | cut -d' ' -f1)
-    command -v "$qemu" >/dev/null 2>&1 || pkgs+=(qemu-user)
+    [ -z "$qemu" ] || command -v "$qemu" >/dev/null 2>&1 || pkgs+=(qemu-user)
     if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
         BUILD_MODE=rustup
     else
@@ -80,19 +80,44 @@ ensure_cross() {
     echo "toolchain: $target with $BUILD_MODE std ($(${RUSTC:-rustc} --version))" >&2
 }
 
+# Size options for release builds on the build-std path (what each buys:
+# bench/size-steps.sh): std compiled for size, no file/line strings in
+# panics, Debug formatting compiled out (nothing of ours prints with it), and
+# panics that abort at once without formatting a message. Not for test
+# builds: the harness needs unwinding and Debug.
+SIZE_RUSTFLAGS="-Zlocation-detail=none -Zfmt-debug=none -Zunstable-options -Cpanic=immediate-abort"
+
 # cargo-zigbuild SUBCOMMAND ARGS, plus -Zbuild-std where needed. Release
-# builds abort on panic and need the panic_abort runtime built too.
+# builds (`zigbuild`) get the size options and the panic_abort runtime.
 zb() {
     local sub="$1"
     shift
     if [ "$BUILD_MODE" = build-std ]; then
         if [ "$sub" = zigbuild ]; then
-            cargo-zigbuild "$sub" "$@" -Zbuild-std=std,panic_abort
+            RUSTFLAGS="$RUSTFLAGS $SIZE_RUSTFLAGS" cargo-zigbuild "$sub" "$@" \
+                -Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
         else
             cargo-zigbuild "$sub" "$@" -Zbuild-std
         fi
     else
         cargo-zigbuild "$sub" "$@"
+    fi
+}
+
+# The armv7 size budget (bytes): 96 KiB with every feature. Size is
+# deterministic for a given toolchain, so this is a gate, not a timing.
+SIZE_BUDGET_ARMV7=98304
+
+# Fails when the armv7 release binary outgrows its budget. Only on the
+# build-std path: the rustup path cannot use the size options above.
+check_size() {
+    local target="$1" bin="$2" size
+    size=$(stat -c %s "$bin")
+    echo "size: $size bytes ($target, $BUILD_MODE std)"
+    if [ "$target" = armv7-unknown-linux-musleabihf ] && [ "$BUILD_MODE" = build-std ] &&
+        [ "$size" -gt "$SIZE_BUDGET_ARMV7" ]; then
+        echo "check failed: $bin is $size bytes, over the budget of $SIZE_BUDGET_ARMV7" >&2
+        return 1
     fi
 }
 
@@ -102,6 +127,7 @@ check_binary() {
     case "$target" in
         arm*-*) want="ELF 32-bit LSB executable, ARM" ;;
         aarch64-*) want="ELF 64-bit LSB executable, ARM aarch64" ;;
+        x86_64-*) want="ELF 64-bit LSB executable, x86-64" ;;
         *) want="ELF" ;;
     esac
     local desc

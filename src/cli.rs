@@ -34,14 +34,16 @@ struct Args {
     #[argh(option, default = "128")]
     backlog: u32,
 
-    /// echo buffer per connection in bytes, 512..=1048576 (default 16384)
-    #[argh(option, default = "16384")]
+    /// echo buffer per connection in bytes, 512..=1048576 (default 65536);
+    /// touched only by copying, so an idle child does not pay for it
+    #[argh(option, default = "65536")]
     buffer_size: u32,
 
-    /// how a child echoes: splice (zero-copy through a pipe; falls back to
-    /// copy where the kernel refuses it) or copy (read/write through the
-    /// buffer). Default: splice
-    #[argh(option, default = "String::from(\"splice\")")]
+    /// how a child echoes: auto (splice until the session turns out to be a
+    /// bulk stream, then copy), splice (zero-copy through a pipe throughout),
+    /// copy (read/write through the buffer). splice falls back to copy where
+    /// the kernel refuses it. Default: auto
+    #[argh(option, default = "String::from(\"auto\")")]
     echo: String,
 
     /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
@@ -131,9 +133,14 @@ pub fn parse(args: &[&str]) -> Result<Command> {
     let shutdown_timeout = ranged("--shutdown-timeout", args.shutdown_timeout, 0, 3600)?;
 
     let echo_mode = match args.echo.as_str() {
+        "auto" => crate::session::Mode::Auto,
         "splice" => crate::session::Mode::Splice,
         "copy" => crate::session::Mode::Copy,
-        other => return Err(usage(&format!("--echo {other}: must be splice or copy"))),
+        other => {
+            return Err(usage(&format!(
+                "--echo {other}: must be auto, splice or copy"
+            )))
+        }
     };
 
     let mut listen = heapless::Vec::new();
@@ -226,9 +233,13 @@ mod tests {
         assert!(c.listen.is_empty());
         assert_eq!(c.max_children, 64);
         assert_eq!(c.backlog, 128);
-        assert_eq!(c.buffer_size, 16384);
+        assert_eq!(c.buffer_size, 65536);
         assert_eq!(c.shutdown_timeout_secs, 5);
-        assert_eq!(c.echo_mode, crate::session::Mode::Splice);
+        assert_eq!(c.echo_mode, crate::session::Mode::Auto);
+        assert_eq!(
+            run(&["--echo", "splice"]).echo_mode,
+            crate::session::Mode::Splice
+        );
         assert_eq!(
             run(&["--echo", "copy"]).echo_mode,
             crate::session::Mode::Copy

@@ -46,9 +46,13 @@ impl End {
 /// How the child moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `splice(2)` socket -> pipe -> socket: the data never enters user
-    /// space and the buffer is never touched (fewer dirty pages per child).
-    /// Falls back to `Copy` where the kernel or emulator refuses it.
+    /// Splice until the session proves to be bulk (one full chunk), then
+    /// copy. Measured on loopback: splice ties copy for short exchanges and
+    /// never touches the buffer (one page less per idle child), but copy is
+    /// faster for streams. The default.
+    Auto,
+    /// `splice(2)` socket -> pipe -> socket for the whole session: the data
+    /// never enters user space and the buffer is never touched.
     Splice,
     /// `read(2)`/`write(2)` through the buffer prepared before fork.
     Copy,
@@ -57,13 +61,22 @@ pub enum Mode {
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 const SPLICE_CHUNK: usize = 64 * 1024;
 
-/// Echoes with splice; `None` when splice is not available here (the pipe
-/// cannot be made, or the first splice fails with `EINVAL`/`ENOSYS` before any
-/// byte moved), so the caller can fall back to copying without the peer
-/// noticing.
-fn echo_splice(conn: &OwnedFd) -> Option<(End, u64)> {
+enum Spliced {
+    /// No splice here: the pipe cannot be made, or the first splice failed
+    /// with `EINVAL`/`ENOSYS` before any byte moved. Copy instead; the peer
+    /// cannot tell.
+    Unavailable,
+    /// The session ended.
+    Done(End, u64),
+    /// (`Auto` only) A full chunk arrived and was echoed: go on copying.
+    Bulk(u64),
+}
+
+fn echo_splice(conn: &OwnedFd, until_bulk: bool) -> Spliced {
     use nix::fcntl::{splice, OFlag, SpliceFFlags};
-    let (pr, pw) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+    let Ok((pr, pw)) = nix::unistd::pipe2(OFlag::O_CLOEXEC) else {
+        return Spliced::Unavailable;
+    };
     let mut total = 0u64;
     loop {
         let n = match splice(
@@ -77,8 +90,8 @@ fn echo_splice(conn: &OwnedFd) -> Option<(End, u64)> {
             Ok(0) => break,
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return None,
-            Err(e) => return Some((classify(e), total)),
+            Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return Spliced::Unavailable,
+            Err(e) => return Spliced::Done(classify(e), total),
         };
         // Drain the pipe completely before reading more: the pipe then never
         // holds more than one chunk, so neither splice can block on it.
@@ -87,22 +100,29 @@ fn echo_splice(conn: &OwnedFd) -> Option<(End, u64)> {
             match splice(&pr, None, conn, None, left, SpliceFFlags::SPLICE_F_MOVE) {
                 Ok(m) => left -= m,
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Some((classify(e), total)),
+                Err(e) => return Spliced::Done(classify(e), total),
             }
         }
         total += n as u64;
+        if until_bulk && n == SPLICE_CHUNK {
+            return Spliced::Bulk(total);
+        }
     }
-    Some((half_close(conn), total))
+    Spliced::Done(half_close(conn), total)
 }
 
 /// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
 pub fn echo(conn: &OwnedFd, buf: &mut [u8], mode: Mode) -> (End, u64) {
-    if mode == Mode::Splice {
-        if let Some(done) = echo_splice(conn) {
-            return done;
-        }
-    }
-    echo_copy(conn, buf)
+    let done = match mode {
+        Mode::Copy => 0,
+        Mode::Splice | Mode::Auto => match echo_splice(conn, mode == Mode::Auto) {
+            Spliced::Done(end, total) => return (end, total),
+            Spliced::Bulk(total) => total,
+            Spliced::Unavailable => 0,
+        },
+    };
+    let (end, total) = echo_copy(conn, buf);
+    (end, done + total)
 }
 
 fn echo_copy(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {

@@ -4,19 +4,24 @@
 //! server is tested) the emulator catches host signals itself, so a host
 //! signalfd never sees them; a handler that writes to a pipe works everywhere.
 //!
-//! Why signals are blocked around `fork`: between `fork` and the child's
-//! reset of the dispositions, a signal sent to the child would run the
-//! parent's handler there and write into the *shared* pipe, waking the parent
-//! with a signal it never got. With the signals blocked, a signal aimed at the
-//! new child stays pending until the child has restored the default action,
-//! and then acts as it should (SIGTERM ends the child).
+//! Why the handled signals stay blocked in the parent except inside `ppoll`:
+//! a handler then only ever runs while the loop waits, so nothing else in the
+//! parent sees `EINTR`, and `fork` needs no mask juggling: the child starts
+//! with the signals blocked, resets the dispositions to their defaults, and
+//! only then unblocks. A signal aimed at a new child in between stays pending
+//! and then acts as it should (SIGTERM ends the child); it can never run the
+//! parent's handler in the child and write into the *shared* pipe, waking the
+//! parent with a signal it never got.
 
 use crate::error::{Error, Result};
 use core::sync::atomic::{AtomicI32, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::poll::PollFd;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::time::TimeSpec;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 /// The signals the parent handles through the pipe.
 const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
@@ -36,6 +41,9 @@ pub struct Pending {
 pub struct SelfPipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// The mask to wait with (and to give children): the one we started
+    /// with, without the handled signals.
+    wait_mask: SigSet,
 }
 
 impl SelfPipe {
@@ -63,7 +71,44 @@ impl SelfPipe {
         // SAFETY: SIG_IGN runs no code.
         unsafe { signal::sigaction(Signal::SIGPIPE, &ignore) }
             .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))?;
-        Ok(SelfPipe { read, write })
+        let mut handled = SigSet::empty();
+        for sig in HANDLED {
+            handled.add(sig);
+        }
+        let mut wait_mask = SigSet::empty();
+        signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut wait_mask))
+            .map_err(|e| Error::sys("cannot block signals", e))?;
+        for sig in HANDLED {
+            wait_mask.remove(sig);
+        }
+        Ok(SelfPipe {
+            read,
+            write,
+            wait_mask,
+        })
+    }
+
+    /// `ppoll(2)` with the handled signals unblocked for the wait only.
+    /// `None` waits without limit. `EINTR` means a handler ran (and wrote to
+    /// the pipe).
+    pub fn ppoll(&self, fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> nix::Result<i32> {
+        nix::poll::ppoll(fds, timeout.map(TimeSpec::from), Some(self.wait_mask))
+    }
+
+    /// In the child, with the signals still blocked: `sigaction(2)` back to
+    /// the default for SIGTERM and SIGINT (so the parent's shutdown ends the
+    /// child), then `sigprocmask(2)` to the mask the server started with.
+    /// SIGCHLD keeps its handler: the child has no children, and the handler
+    /// would only write to descriptor -1. SIGPIPE stays ignored: a vanished
+    /// peer must end the session with EPIPE.
+    pub fn reset_in_child(&self) {
+        PIPE_WRITE.store(-1, Ordering::Relaxed);
+        let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        for sig in [Signal::SIGTERM, Signal::SIGINT] {
+            // SAFETY: SIG_DFL runs no code of ours.
+            let _ = unsafe { signal::sigaction(sig, &dfl) };
+        }
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.wait_mask), None);
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -108,35 +153,4 @@ extern "C" fn on_signal(sig: nix::libc::c_int) {
     // holds a wakeup, so losing this byte loses nothing.
     unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
     Errno::set_raw(saved);
-}
-
-/// `sigprocmask(SIG_BLOCK)` of the handled signals; returns the previous mask
-/// for [`restore`]. Called right before `fork`.
-pub fn block() -> SigSet {
-    let mut set = SigSet::empty();
-    for sig in HANDLED {
-        set.add(sig);
-    }
-    let mut old = SigSet::empty();
-    // sigprocmask only fails for a bad `how`, which this is not.
-    let _ = signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
-    old
-}
-
-/// `sigprocmask(SIG_SETMASK)` back to what [`block`] returned.
-pub fn restore(old: &SigSet) {
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old), None);
-}
-
-/// In the child, with the signals still blocked: `sigaction(2)` back to the
-/// default for every handled signal, so that SIGTERM from the parent's
-/// shutdown ends the child and nothing writes to the (closed) pipe.
-/// SIGPIPE stays ignored: a vanished peer must end the session with EPIPE.
-pub fn reset_in_child() {
-    let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for sig in HANDLED {
-        // SAFETY: SIG_DFL runs no code of ours.
-        let _ = unsafe { signal::sigaction(sig, &dfl) };
-    }
-    PIPE_WRITE.store(-1, Ordering::Relaxed);
 }

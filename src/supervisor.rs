@@ -20,8 +20,8 @@ use crate::log::Level;
 use crate::session::{self, PeerDisplay};
 use crate::signals::{self, SelfPipe};
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use std::net::SocketAddr;
@@ -127,8 +127,12 @@ impl Supervisor {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
         loop {
-            let ready = self.wait();
-            let pending = self.pipe.drain();
+            let (ready, signalled) = self.wait();
+            let pending = if signalled {
+                self.pipe.drain()
+            } else {
+                signals::Pending::default()
+            };
             self.reap();
             if pending.terminate {
                 break;
@@ -148,18 +152,16 @@ impl Supervisor {
         );
     }
 
-    /// Polls; returns a bit mask of the listeners that are ready.
-    fn wait(&mut self) -> u32 {
+    /// Waits; returns a bit mask of the listeners that are ready, and whether
+    /// the self-pipe has something (readable, or a handler ran during the
+    /// wait).
+    fn wait(&mut self) -> (u32, bool) {
         let now = Instant::now();
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
         }
         let accepting = self.paused_until.is_none() && self.children.len() < self.max_children;
-        let timeout = match self.paused_until {
-            // Round up, so the loop does not wake a millisecond early and spin.
-            Some(t) => ms_timeout(t.saturating_duration_since(now) + Duration::from_micros(999)),
-            None => PollTimeout::NONE,
-        };
+        let timeout = self.paused_until.map(|t| t.saturating_duration_since(now));
         let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
         if accepting {
@@ -168,10 +170,12 @@ impl Supervisor {
             }
         }
         let mut ready = 0u32;
-        let failed = match nix::poll::poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => None,
-            Err(e) => Some(e),
+        let (failed, mut signalled) = match self.pipe.ppoll(&mut fds, timeout) {
+            Ok(_) => (None, false),
+            Err(Errno::EINTR) => (None, true),
+            Err(e) => (Some(e), false),
         };
+        signalled |= fds[0].any().unwrap_or(false);
         for (i, fd) in fds.iter().skip(1).enumerate() {
             if fd.any().unwrap_or(false) {
                 ready |= 1 << i;
@@ -182,9 +186,9 @@ impl Supervisor {
             // Cannot happen with valid descriptors; never spin on it.
             crate::log!(Level::Error, "poll failed: {}", Reason(e));
             self.pause(SHORT_PAUSE);
-            return 0;
+            return (0, false);
         }
-        ready
+        (ready, signalled)
     }
 
     fn pause(&mut self, d: Duration) {
@@ -291,18 +295,17 @@ impl Supervisor {
         }
     }
 
-    /// Forks one child for `conn`. Signals stay blocked across the fork (see
-    /// `signals`); the parent closes its copy of the connection first thing.
+    /// Forks one child for `conn`. The handled signals are blocked (they
+    /// always are outside `ppoll`, see `signals`); the parent closes its copy
+    /// of the connection first thing.
     fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
-        let old = signals::block();
         // SAFETY: the parent is single-threaded, so the child starts with a
         // consistent heap and no lock held by another thread; the child
         // nevertheless only uses memory prepared before fork and the stack.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => self.child(conn, peer, &old),
+            Ok(ForkResult::Child) => self.child(conn, peer),
             Ok(ForkResult::Parent { child }) => {
                 drop(conn);
-                signals::restore(&old);
                 let _ = self.children.push(child);
                 crate::log!(
                     Level::Debug,
@@ -312,7 +315,6 @@ impl Supervisor {
             }
             Err(e) => {
                 drop(conn);
-                signals::restore(&old);
                 if let Some(held) = self.fork_log.allow(Instant::now()) {
                     crate::log!(
                         Level::Error,
@@ -328,12 +330,11 @@ impl Supervisor {
 
     /// The child, right after fork: close every descriptor it must not hold,
     /// restore default signal handling, echo, `_exit`.
-    fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, mask: &SigSet) -> ! {
+    fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
         self.close_all_but(conn.as_raw_fd());
-        signals::reset_in_child();
-        signals::restore(mask);
+        self.pipe.reset_in_child();
 
         #[cfg(feature = "alloc-count")]
         if self.alloc_in_child {
@@ -400,10 +401,7 @@ impl Supervisor {
                 break;
             }
             let mut fds = [PollFd::new(self.pipe.fd(), PollFlags::POLLIN)];
-            let _ = nix::poll::poll(
-                &mut fds,
-                ms_timeout(deadline - now + Duration::from_micros(999)),
-            );
+            let _ = self.pipe.ppoll(&mut fds, Some(deadline - now));
             self.pipe.drain();
         }
         crate::log!(Level::Info, "stopped");
@@ -434,10 +432,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-fn ms_timeout(d: Duration) -> PollTimeout {
-    PollTimeout::try_from(d.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
 }
 
 /// `close(2)` on a raw descriptor in the child; errors are irrelevant there.

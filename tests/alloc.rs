@@ -39,7 +39,7 @@ fn serve_and_stop(env: &[(&str, &str)], args: &[&str]) -> String {
 
 #[test]
 fn child_path_and_parent_loop_do_not_allocate() {
-    for mode in ["splice", "copy"] {
+    for mode in ["auto", "splice", "copy"] {
         let log = serve_and_stop(&[], &["-v", "--echo", mode]);
         let child = counts(&log, "child");
         assert_eq!(child.len(), 51, "{log}");
