@@ -87,10 +87,14 @@ for r in $(seq "$ROUNDS"); do
     for s in "${SERVERS[@]}"; do
         a="127.0.0.1:${PORT[$s]}"
         for c in 1 32; do
-            line=$("$B" connrate "$a" "$c" "$SECS")
+            line=$(timeout $((SECS + 30)) "$B" connrate "$a" "$c" "$SECS") ||
+                line="conns=0 conn_per_s=0 errors=1 p50_us=0 p99_us=0 stalled=1"
             echo "$s connrate$c $line" >>"$out/results"
         done
-        line=$("$B" stream "$a" "$STREAM_MIB")
+        # A server may stall a concurrent stream (socat's PIPE can): record
+        # it as 0 MiB/s and a stall instead of hanging the benchmark.
+        line=$(timeout 60 "$B" stream "$a" "$STREAM_MIB") ||
+            line="bytes=0 mib_per_s=0 verified=false stalled=1"
         echo "$s stream $line" >>"$out/results"
     done
     echo "   round $r done" >&2
@@ -152,20 +156,22 @@ for line in open(f"{out}/results"):
     key = {"connrate1": ("conn/s c=1", "conn_per_s"), "connrate32": ("conn/s c=32", "conn_per_s"),
            "stream": ("stream MiB/s", "mib_per_s")}[test]
     rows.setdefault(name, {}).setdefault(key[0], []).append(float(d[key[1]]))
+    if d.get("stalled"):
+        rows[name].setdefault("stalls", []).append(1)
     if test.startswith("connrate"):
         rows[name].setdefault(f"p99 µs c={test[8:]}", []).append(float(d["p99_us"]))
         rows[name].setdefault("errors", []).append(float(d["errors"]))
 cols = ["conn/s c=1", "conn/s c=32", "p99 µs c=1", "p99 µs c=32", "stream MiB/s"]
 med = {n: {c: statistics.median(v[c]) for c in cols} for n, v in rows.items()}
 base = med["forkecho"]
-print("| server | " + " | ".join(cols) + " | errors |")
-print("| --- |" + " ---: |" * (len(cols) + 1))
+print("| server | " + " | ".join(cols) + " | errors | stalled runs |")
+print("| --- |" + " ---: |" * (len(cols) + 2))
 for n in ["forkecho", "forkecho-splice", "forkecho-copy", "socat", "tcpserver", "reference"]:
     cells = []
     for c in cols:
         v = med[n][c]
         cells.append(f"{v:,.0f}" + ("" if n == "forkecho" else f" ({v / base[c]:.2f}×)"))
-    print(f"| {n} | " + " | ".join(cells) + f" | {int(sum(rows[n]['errors']))} |")
+    print(f"| {n} | " + " | ".join(cells) + f" | {int(sum(rows[n]['errors']))} | {len(rows[n].get('stalls', []))} |")
 print()
 print("| server | private memory per live child | parent RSS |")
 print("| --- | ---: | ---: |")
@@ -184,6 +190,13 @@ total = next(l.split() for l in lines if l.split() and l.split()[-1] == "total")
 calls = int(total[len(total) - (len(head) - head.index("calls"))])
 conns = int(dict(x.split("=") for x in sys.argv[2].split())["conns"])
 print(f"Syscalls per connection (forkecho, parent + child, strace -c -f over {conns} connections): {calls / max(conns, 1):.1f}")
+# Rows: % time, seconds, usecs/call, calls, [errors], name.
+per = []
+for l in lines:
+    f = l.split()
+    if len(f) >= 5 and f[-1] not in ("total", "syscall") and f[3].isdigit():
+        per.append((int(f[3]) / max(conns, 1), f[-1]))
+print("  " + ", ".join(f"{name} {n:.1f}" for n, name in sorted(per, reverse=True) if n >= 0.05))
 EOF
 echo
 echo "Binary sizes:"

@@ -39,8 +39,8 @@ struct Args {
     #[argh(option, default = "65536")]
     buffer_size: u32,
 
-    /// how a child echoes: auto (splice until the session turns out to be a
-    /// bulk stream, then copy), splice (zero-copy through a pipe throughout),
+    /// how a child echoes: auto (splice until the session has echoed 64 KiB,
+    /// then copy), splice (zero-copy through a pipe throughout),
     /// copy (read/write through the buffer). splice falls back to copy where
     /// the kernel refuses it. Default: auto
     #[argh(option, default = "String::from(\"auto\")")]

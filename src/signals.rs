@@ -29,10 +29,10 @@ const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
 /// Write end of the pipe, for the handler (which cannot take arguments).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
-/// What the pipe said since the last look.
+/// What the pipe said since the last look. (SIGCHLD needs no flag: the loop
+/// reaps on every turn.)
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Pending {
-    pub child: bool,
     pub terminate: bool,
 }
 
@@ -120,7 +120,8 @@ impl SelfPipe {
         [self.read.as_raw_fd(), self.write.as_raw_fd()]
     }
 
-    /// Reads everything the handlers wrote (`read(2)` until `EAGAIN`).
+    /// Reads everything the handlers wrote: `read(2)` until a short read
+    /// (the pipe is then empty; no extra call just to see `EAGAIN`).
     pub fn drain(&self) -> Pending {
         let mut pending = Pending::default();
         let mut buf = [0u8; 64];
@@ -129,11 +130,12 @@ impl SelfPipe {
                 Ok(0) => break,
                 Ok(n) => {
                     for &b in &buf[..n] {
-                        match b as i32 {
-                            nix::libc::SIGCHLD => pending.child = true,
-                            nix::libc::SIGTERM | nix::libc::SIGINT => pending.terminate = true,
-                            _ => {}
+                        if matches!(b as i32, nix::libc::SIGTERM | nix::libc::SIGINT) {
+                            pending.terminate = true;
                         }
+                    }
+                    if n < buf.len() {
+                        break;
                     }
                 }
                 Err(Errno::EINTR) => continue,
