@@ -58,12 +58,7 @@ fn child_holds_only_its_connection_and_parent_never_holds_it() {
         assert!(!parent_sockets.is_empty(), "listener visible in /proc");
         assert!(!parent_pipes.is_empty(), "self-pipe visible in /proc");
 
-        let mut s = srv.connect();
-        s.write_all(b"x").unwrap();
-        assert_eq!(read_exact_within(&mut s, 1, SOON), b"x");
-        let (kids, _) = srv.children();
-        assert_eq!(kids.len(), 1);
-        let child = kids[0];
+        let (_s, child) = open_session(&srv, b"x");
 
         // Beyond stdin, stdout and stderr the child holds what it needs and
         // nothing else: no listener, no self-pipe, nothing inherited.
@@ -193,20 +188,15 @@ fn emfile_does_not_spin_and_the_server_recovers() {
 #[test]
 fn sigterm_drains_children_exits_zero_and_frees_the_port() {
     let mut srv = Server::start(&["--shutdown-timeout", "10"]);
-    let mut s = srv.connect();
-    s.write_all(b"hi").unwrap();
-    assert_eq!(read_exact_within(&mut s, 2, SOON), b"hi");
-    let kids = srv.children().0;
-    assert_eq!(kids.len(), 1);
+    let (mut s, child) = open_session(&srv, b"hi");
 
     srv.signal(Signal::SIGTERM);
     let st = srv.wait_exit(SOON);
     assert_eq!(st.code(), Some(0), "log: {}", srv.log());
     assert!(closed_within(&mut s, SOON), "client not closed by shutdown");
     assert!(
-        proc_stat(kids[0]).is_none(),
-        "child {} outlived the server",
-        kids[0]
+        proc_stat(child).is_none(),
+        "child {child} outlived the server"
     );
     // SIGTERM ends a child as expected; that is not worth an error line.
     assert!(!srv.log().contains("killed by"), "{}", srv.log());
@@ -225,13 +215,9 @@ fn sigint_behaves_like_sigterm() {
 #[test]
 fn shutdown_timeout_kills_a_child_that_does_not_stop() {
     let mut srv = Server::start(&["--shutdown-timeout", "1"]);
-    let mut s = srv.connect();
-    s.write_all(b"z").unwrap();
-    assert_eq!(read_exact_within(&mut s, 1, SOON), b"z");
-    let kids = srv.children().0;
-    assert_eq!(kids.len(), 1);
+    let (_s, child) = open_session(&srv, b"z");
     // A stopped process keeps SIGTERM pending; only SIGKILL ends it.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(kids[0]), Signal::SIGSTOP).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGSTOP).unwrap();
     srv.signal(Signal::SIGTERM);
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
     assert!(
@@ -240,7 +226,7 @@ fn shutdown_timeout_kills_a_child_that_does_not_stop() {
         "{}",
         srv.log()
     );
-    assert!(proc_stat(kids[0]).is_none(), "stopped child survived");
+    assert!(proc_stat(child).is_none(), "stopped child survived");
 }
 
 #[test]

@@ -353,6 +353,17 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+/// Opens a connection, proves it is served (one echo), and returns it with
+/// the pid of the one child serving it.
+pub fn open_session(srv: &Server, payload: &[u8]) -> (TcpStream, i32) {
+    let mut s = srv.connect();
+    s.write_all(payload).unwrap();
+    assert_eq!(read_exact_within(&mut s, payload.len(), SOON), payload);
+    let kids = srv.children().0;
+    assert_eq!(kids.len(), 1, "one child per connection: {kids:?}");
+    (s, kids[0])
+}
+
 /// One short echo round trip on a fresh connection.
 pub fn round_trip(srv: &Server, payload: &[u8]) {
     let mut s = srv.connect();
