@@ -12,7 +12,8 @@
 //! - [`listener`]: listening sockets, their options, `accept4` with the peer.
 //! - [`supervisor`]: the parent's poll loop — accept, fork, reap, shut down.
 //! - [`session`]: the child's echo loop and its `_exit`.
-//! - [`signals`]: handlers feeding the self-pipe; signal masks around fork.
+//! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
+//! - [`stats`]: the parent's counters and the SIGUSR1 status line.
 //! - [`log`]: one-write log lines formatted in fixed storage.
 //! - [`error`]: the one error type, printed as one line.
 
@@ -22,6 +23,7 @@ mod listener;
 mod log;
 mod session;
 mod signals;
+mod stats;
 mod supervisor;
 
 #[cfg(feature = "alloc-count")]

@@ -24,7 +24,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// The signals the parent handles through the pipe.
-const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
+const HANDLED: [Signal; 4] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGUSR1,
+];
 
 /// Write end of the pipe, for the handler (which cannot take arguments).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
@@ -34,6 +39,8 @@ static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Pending {
     pub terminate: bool,
+    /// SIGUSR1: write the status line.
+    pub status: bool,
 }
 
 /// The self-pipe. Both ends are non-blocking (a full pipe must never block
@@ -47,7 +54,8 @@ pub struct SelfPipe {
 }
 
 impl SelfPipe {
-    /// `pipe2(2)`, then `sigaction(2)` for SIGCHLD, SIGTERM and SIGINT, and
+    /// `pipe2(2)`, then `sigaction(2)` for SIGCHLD, SIGTERM, SIGINT and
+    /// SIGUSR1, and
     /// `SIG_IGN` for SIGPIPE so a peer that goes away yields `EPIPE`, not death.
     pub fn install() -> Result<SelfPipe> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
@@ -98,8 +106,9 @@ impl SelfPipe {
     /// In the child, with the signals still blocked: `sigaction(2)` back to
     /// the default for SIGTERM and SIGINT (so the parent's shutdown ends the
     /// child), then `sigprocmask(2)` to the mask the server started with.
-    /// SIGCHLD keeps its handler: the child has no children, and the handler
-    /// would only write to descriptor -1. SIGPIPE stays ignored: a vanished
+    /// SIGCHLD and SIGUSR1 keep the handler, which now only writes to
+    /// descriptor -1: the child has no children, and a SIGUSR1 sent to the
+    /// whole process group must not end the sessions. SIGPIPE stays ignored: a vanished
     /// peer must end the session with EPIPE.
     pub fn reset_in_child(&self) {
         PIPE_WRITE.store(-1, Ordering::Relaxed);
@@ -130,8 +139,10 @@ impl SelfPipe {
                 Ok(0) => break,
                 Ok(n) => {
                     for &b in &buf[..n] {
-                        if matches!(b as i32, nix::libc::SIGTERM | nix::libc::SIGINT) {
-                            pending.terminate = true;
+                        match b as i32 {
+                            nix::libc::SIGTERM | nix::libc::SIGINT => pending.terminate = true,
+                            nix::libc::SIGUSR1 => pending.status = true,
+                            _ => {}
                         }
                     }
                     if n < buf.len() {

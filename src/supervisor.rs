@@ -19,6 +19,7 @@ use crate::listener::{self, Listener};
 use crate::log::Level;
 use crate::session::{self, PeerDisplay};
 use crate::signals::{self, SelfPipe};
+use crate::stats::{Stats, Status};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{kill, Signal};
@@ -82,6 +83,7 @@ pub struct Supervisor {
     shutting_down: bool,
     accept_log: LogLimit,
     fork_log: LogLimit,
+    stats: Stats,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -108,6 +110,7 @@ impl Supervisor {
             shutting_down: false,
             accept_log: LogLimit::default(),
             fork_log: LogLimit::default(),
+            stats: Stats::default(),
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
@@ -134,6 +137,9 @@ impl Supervisor {
                 signals::Pending::default()
             };
             self.reap();
+            if pending.status {
+                self.log_status();
+            }
             if pending.terminate {
                 break;
             }
@@ -191,6 +197,16 @@ impl Supervisor {
         (ready, signalled)
     }
 
+    /// SIGUSR1: one line with every counter, always written (even with -q:
+    /// it was asked for).
+    fn log_status(&self) {
+        let status = Status {
+            active: self.children.len(),
+            stats: &self.stats,
+        };
+        crate::log!(Level::Error, "{status}");
+    }
+
     fn pause(&mut self, d: Duration) {
         self.paused_until = Some(Instant::now() + d);
     }
@@ -202,12 +218,16 @@ impl Supervisor {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(WaitStatus::Exited(pid, code)) => {
                     self.forget(pid);
-                    if code != 0 {
+                    if code == 0 {
+                        self.stats.exited_ok += 1;
+                    } else {
+                        self.stats.exited_error += 1;
                         crate::log!(Level::Info, "child {pid} exited with status {code}");
                     }
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.forget(pid);
+                    self.stats.killed += 1;
                     if !(self.shutting_down && sig == Signal::SIGTERM) {
                         crate::log!(Level::Info, "child {pid} killed by {}", sig.as_str());
                     }
@@ -247,13 +267,14 @@ impl Supervisor {
                     | Errno::EOPNOTSUPP
                     | Errno::ENETUNREACH
                     | Errno::EPERM,
-                ) => continue,
+                ) => self.stats.accept_retried += 1,
                 Err(e @ (Errno::EMFILE | Errno::ENFILE)) => {
                     self.out_of_descriptors(i, e);
                     return;
                 }
                 Err(e) => {
                     // ENOBUFS, ENOMEM and anything unexpected: back off.
+                    self.stats.accept_paused += 1;
                     self.log_accept_error(e, "pausing");
                     self.pause(SHORT_PAUSE);
                     return;
@@ -270,6 +291,7 @@ impl Supervisor {
         if self.reserve.take().is_some() {
             if let Ok((conn, peer)) = listener::accept(&self.listeners[i]) {
                 drop(conn);
+                self.stats.dropped_no_fd += 1;
                 self.log_accept_error(e, "closed a connection");
                 crate::log!(
                     Level::Debug,
@@ -280,6 +302,7 @@ impl Supervisor {
             self.reserve = open_reserve();
         }
         if self.reserve.is_none() {
+            self.stats.accept_paused += 1;
             self.log_accept_error(e, "pausing");
             self.pause(LONG_PAUSE);
         }
@@ -306,6 +329,7 @@ impl Supervisor {
             Ok(ForkResult::Child) => self.child(conn, peer),
             Ok(ForkResult::Parent { child }) => {
                 drop(conn);
+                self.stats.accepted += 1;
                 let _ = self.children.push(child);
                 crate::log!(
                     Level::Debug,
@@ -315,6 +339,7 @@ impl Supervisor {
             }
             Err(e) => {
                 drop(conn);
+                self.stats.fork_failed += 1;
                 if let Some(held) = self.fork_log.allow(Instant::now()) {
                     crate::log!(
                         Level::Error,

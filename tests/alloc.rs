@@ -32,6 +32,9 @@ fn serve_and_stop(env: &[(&str, &str)], args: &[&str]) -> String {
         "{}",
         srv.log()
     );
+    // The status line is part of the parent's steady state too.
+    srv.signal(Signal::SIGUSR1);
+    assert_eq!(srv.wait_log_count("status:", 1, SOON), 1, "{}", srv.log());
     srv.signal(Signal::SIGTERM);
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
     srv.log()

@@ -180,6 +180,10 @@ fn emfile_does_not_spin_and_the_server_recovers() {
     );
     // Rate-limited: five failures, one line.
     assert_eq!(srv.log().matches("EMFILE").count(), 1, "{}", srv.log());
+    // Counted: each of the five was accepted and closed.
+    srv.signal(Signal::SIGUSR1);
+    assert_eq!(srv.wait_log_count("status:", 1, SOON), 1, "{}", srv.log());
+    assert!(srv.log().contains(" dropped_no_fd=5 "), "{}", srv.log());
 
     prlimit_nofile(srv.pid, 1024);
     round_trip(&srv, b"recovered");
@@ -258,4 +262,40 @@ fn per_connection_lines_only_with_verbose() {
     for line in verbose.log().lines() {
         assert!(line.starts_with("forkecho["), "torn line: {line:?}");
     }
+}
+
+#[test]
+fn sigusr1_writes_one_status_line_with_exact_counters() {
+    let srv = Server::start(&[]);
+    for i in 0..5 {
+        round_trip(&srv, format!("{i}").as_bytes());
+    }
+    assert_eq!(srv.wait_children(0, SOON), 0);
+    let (_killed_conn, victim) = open_session(&srv, b"k");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    assert_eq!(srv.wait_children(0, SOON), 0);
+    let (mut held, child) = open_session(&srv, b"h");
+
+    // SIGUSR1 reaching a child (e.g. sent to the process group) must not
+    // end its session.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGUSR1).unwrap();
+    srv.signal(Signal::SIGUSR1);
+    assert_eq!(srv.wait_log_count("status:", 1, SOON), 1, "{}", srv.log());
+    let line = srv
+        .log()
+        .lines()
+        .find(|l| l.contains("status:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.ends_with(
+            "status: active=1 accepted=7 exited_ok=5 exited_error=0 killed=1 fork_failed=0 \
+             dropped_no_fd=0 accept_retried=0 accept_paused=0"
+        ),
+        "{line}"
+    );
+    held.write_all(b"still").unwrap();
+    assert_eq!(read_exact_within(&mut held, 5, SOON), b"still");
+    assert!(proc_stat(child).is_some());
+    round_trip(&srv, b"server still serving");
 }

@@ -1,0 +1,75 @@
+//! Counters kept by the parent, and the one-line status that SIGUSR1 asks
+//! for. Plain integers in a fixed struct: counting never allocates, and the
+//! status line is formatted into the log's fixed storage.
+
+use core::fmt;
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct Stats {
+    /// Connections accepted and handed to a child.
+    pub accepted: u64,
+    /// Children reaped that exited with status 0 (echo done, or the peer
+    /// reset: the ways a client may leave).
+    pub exited_ok: u64,
+    /// Children reaped that exited with a non-zero status (a session error).
+    pub exited_error: u64,
+    /// Children reaped that a signal ended.
+    pub killed: u64,
+    /// `fork` failures (the connection was closed).
+    pub fork_failed: u64,
+    /// Connections accepted and closed at once because the parent was out of
+    /// descriptors (EMFILE/ENFILE).
+    pub dropped_no_fd: u64,
+    /// `accept` errors the loop retried (aborted connections, network errors
+    /// passed on by the kernel).
+    pub accept_retried: u64,
+    /// `accept` errors that paused the listeners (EMFILE/ENFILE without a
+    /// reserve, ENOBUFS, ENOMEM, anything unexpected).
+    pub accept_paused: u64,
+}
+
+/// The status line: `active=` is the live children, the rest are totals
+/// since start.
+pub struct Status<'a> {
+    pub active: usize,
+    pub stats: &'a Stats,
+}
+
+impl fmt::Display for Status<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.stats;
+        write!(
+            f,
+            "status: active={} accepted={} exited_ok={} exited_error={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={}",
+            self.active,
+            s.accepted,
+            s.exited_ok,
+            s.exited_error,
+            s.killed,
+            s.fork_failed,
+            s.dropped_no_fd,
+            s.accept_retried,
+            s.accept_paused
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_names_every_counter() {
+        let stats = Stats {
+            accepted: 7,
+            exited_ok: 5,
+            exited_error: 1,
+            killed: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            Status { active: 0, stats: &stats }.to_string(),
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0"
+        );
+    }
+}
