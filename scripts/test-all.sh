@@ -36,7 +36,7 @@ for target in $TARGETS; do
             v7=target/armv7-unknown-linux-musleabihf/release/forkecho
             if [ -x "$v7" ]; then
                 rc=0
-                qemu-arm -cpu arm1176 "$v7" --version >/dev/null 2>&1 || rc=$?
+                $(runner_for "$target") "$v7" --version >/dev/null 2>&1 || rc=$?
                 if [ "$rc" != 132 ]; then
                     echo "check failed: armv7 binary under -cpu arm1176 gave status $rc, expected 132 (SIGILL)" >&2
                     exit 1

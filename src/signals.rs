@@ -55,8 +55,8 @@ pub struct SelfPipe {
 
 impl SelfPipe {
     /// `pipe2(2)`, then `sigaction(2)` for SIGCHLD, SIGTERM, SIGINT and
-    /// SIGUSR1, and
-    /// `SIG_IGN` for SIGPIPE so a peer that goes away yields `EPIPE`, not death.
+    /// SIGUSR1, `SIG_IGN` for SIGPIPE (a peer that goes away yields `EPIPE`,
+    /// not death), and `sigprocmask(2)` blocking the handled signals.
     pub fn install() -> Result<SelfPipe> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| Error::sys("cannot create the signal pipe", e))?;
@@ -108,8 +108,8 @@ impl SelfPipe {
     /// child), then `sigprocmask(2)` to the mask the server started with.
     /// SIGCHLD and SIGUSR1 keep the handler, which now only writes to
     /// descriptor -1: the child has no children, and a SIGUSR1 sent to the
-    /// whole process group must not end the sessions. SIGPIPE stays ignored: a vanished
-    /// peer must end the session with EPIPE.
+    /// whole process group must not end the sessions. SIGPIPE stays ignored:
+    /// a vanished peer must end the session with EPIPE.
     pub fn reset_in_child(&self) {
         PIPE_WRITE.store(-1, Ordering::Relaxed);
         let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());

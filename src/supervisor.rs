@@ -1,12 +1,13 @@
-//! The parent: one `poll(2)` loop over the self-pipe and the listeners that
+//! The parent: one `ppoll(2)` loop over the self-pipe and the listeners that
 //! accepts, forks, reaps and shuts down.
 //!
 //! Shape of a turn (after s6-tcpserverd):
-//! 1. poll the self-pipe always, the listeners only while accepting — below
-//!    `--max-children` and not paused. At the cap new clients wait in the
-//!    kernel backlog instead of being accepted and dropped;
-//! 2. drain the pipe, then reap *every* exited child (`waitpid(-1, WNOHANG)`
-//!    until none is left: SIGCHLDs coalesce, one wait per signal leaks);
+//! 1. wait on the self-pipe always, the listeners only while accepting —
+//!    below `--max-children` and not paused. At the cap new clients wait in
+//!    the kernel backlog instead of being accepted and dropped;
+//! 2. drain the pipe if a signal came, then reap *every* exited child
+//!    (`waitpid(-1, WNOHANG)` until none is left: SIGCHLDs coalesce, one wait
+//!    per signal leaks);
 //! 3. accept from the ready listeners and fork one child per connection.
 //!
 //! Nothing here allocates after start-up: the child table is a fixed
