@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use argh::FromArgs;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Most listening addresses served by one process.
 pub const MAX_LISTENERS: usize = 16;
@@ -46,6 +47,16 @@ struct Args {
     #[argh(option, default = "String::from(\"auto\")")]
     echo: String,
 
+    /// end a session after this many seconds without a byte received or
+    /// sent, 0..=86400, 0 for never (default 60)
+    #[argh(option, default = "60")]
+    idle_timeout: u32,
+
+    /// end a session this many seconds after it began, 0..=86400, 0 for
+    /// never (default 900)
+    #[argh(option, default = "900")]
+    max_session: u32,
+
     /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
     /// 0..=3600 (default 5)
     #[argh(option, default = "5")]
@@ -83,6 +94,7 @@ pub struct Config {
     pub buffer_size: usize,
     pub shutdown_timeout_secs: u32,
     pub echo_mode: crate::session::Mode,
+    pub limits: crate::session::Limits,
     pub level: crate::log::Level,
 }
 
@@ -131,6 +143,14 @@ pub fn parse(args: &[&str]) -> Result<Command> {
         BUFFER_MAX as u32,
     )?;
     let shutdown_timeout = ranged("--shutdown-timeout", args.shutdown_timeout, 0, 3600)?;
+    let secs = |name, v| -> Result<Option<Duration>> {
+        let v = ranged(name, v, 0, 86400)?;
+        Ok((v > 0).then(|| Duration::from_secs(v.into())))
+    };
+    let limits = crate::session::Limits {
+        idle: secs("--idle-timeout", args.idle_timeout)?,
+        lifetime: secs("--max-session", args.max_session)?,
+    };
 
     let echo_mode = match args.echo.as_str() {
         "auto" => crate::session::Mode::Auto,
@@ -182,6 +202,7 @@ pub fn parse(args: &[&str]) -> Result<Command> {
         buffer_size: buffer_size as usize,
         shutdown_timeout_secs: shutdown_timeout,
         echo_mode,
+        limits,
         level,
     })))
 }
@@ -245,6 +266,12 @@ mod tests {
             crate::session::Mode::Copy
         );
         assert_eq!(c.level, crate::log::Level::Info);
+        assert_eq!(c.limits.idle, Some(Duration::from_secs(60)));
+        assert_eq!(c.limits.lifetime, Some(Duration::from_secs(900)));
+        let c = run(&["--idle-timeout", "0", "--max-session", "86400"]);
+        assert_eq!(c.limits.idle, None);
+        assert_eq!(c.limits.lifetime, Some(Duration::from_secs(86400)));
+        assert!(err(&["--idle-timeout", "86401"]).contains("--idle-timeout 86401"));
     }
 
     #[test]

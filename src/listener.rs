@@ -94,12 +94,13 @@ fn to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
     }
 }
 
-/// `accept4(2)` with `SOCK_CLOEXEC`, returning the peer's address as well.
+/// `accept4(2)` with `SOCK_CLOEXEC | SOCK_NONBLOCK`, returning the peer's
+/// address as well.
 ///
 /// nix's `accept4` discards the address, and asking for it later would cost a
 /// `getpeername(2)` per connection; the kernel hands it over here for free.
-/// The new socket is blocking (accept4 does not inherit `O_NONBLOCK`), which
-/// is what the child's simple read/write loop wants.
+/// Non-blocking because the session waits in `poll` with its timeouts; the
+/// flag here saves the child an `fcntl(2)`.
 pub fn accept(listener: &Listener) -> nix::Result<(OwnedFd, Option<SocketAddr>)> {
     // SAFETY: zeroed sockaddr_storage is a valid "empty" address; the kernel
     // writes at most `len` bytes into it.
@@ -111,7 +112,7 @@ pub fn accept(listener: &Listener) -> nix::Result<(OwnedFd, Option<SocketAddr>)>
             listener.fd.as_fd().as_raw_fd(),
             (&mut storage as *mut nix::libc::sockaddr_storage).cast(),
             &mut len,
-            nix::libc::SOCK_CLOEXEC,
+            nix::libc::SOCK_CLOEXEC | nix::libc::SOCK_NONBLOCK,
         )
     };
     if fd < 0 {

@@ -1,4 +1,13 @@
-//! The echo session, run in the forked child.
+//! The echo session, run in the forked child (or, with `--inetd`, in the
+//! only process).
+//!
+//! The connection is non-blocking and every wait is a `poll(2)` with a
+//! timeout, so the two session limits hold whatever the peer does:
+//! `--idle-timeout` (nothing received or sent for that long; a peer that
+//! stops reading stalls our writes and counts as idle too) and
+//! `--max-session` (total lifetime). Poll timeouts, not `SO_RCVTIMEO`: they
+//! bound writes as well as reads, and QEMU user mode cannot read that
+//! option back.
 //!
 //! Everything here works on memory prepared before fork (the buffer) or on the
 //! stack; nothing allocates. The child never returns: it ends with `_exit(2)`
@@ -10,9 +19,11 @@ use crate::log::Level;
 use nix::errno::Errno;
 use nix::sys::socket::{self, Shutdown};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
-/// How a session ended.
+/// How a session ended. The child's exit status encodes it, so the parent
+/// can count the ends without any channel but `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// The peer closed its side; everything was echoed, then we closed ours.
@@ -20,25 +31,39 @@ pub enum End {
     /// The peer reset the connection or stopped reading (`ECONNRESET`,
     /// `EPIPE`): an ordinary way for a client to leave.
     Reset,
-    /// Any other error: worth a log line and a non-zero exit status.
+    /// `--idle-timeout` passed without a byte moving.
+    Idle,
+    /// `--max-session` passed.
+    Lifetime,
+    /// Any other error: worth a log line.
     Error(Errno),
 }
+
+/// Exit statuses of a child, one per way a session ends.
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_IDLE: i32 = 2;
+pub const EXIT_LIFETIME: i32 = 3;
 
 impl End {
     fn name(self) -> &'static str {
         match self {
             End::Eof => "eof",
             End::Reset => "reset",
+            End::Idle => "idle timeout",
+            End::Lifetime => "session lifetime",
             End::Error(_) => "error",
         }
     }
 
     /// The child's exit status: 0 for the ways a client may leave, 1 for a
-    /// real error, so the parent logs only the latter.
+    /// real error (the only one the parent logs), 2 and 3 for the limits.
     pub fn status(self) -> i32 {
         match self {
-            End::Eof | End::Reset => 0,
-            End::Error(_) => 1,
+            End::Eof | End::Reset => EXIT_OK,
+            End::Error(_) => EXIT_ERROR,
+            End::Idle => EXIT_IDLE,
+            End::Lifetime => EXIT_LIFETIME,
         }
     }
 }
@@ -58,6 +83,85 @@ pub enum Mode {
     Copy,
 }
 
+/// The two session limits; `None` is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub lifetime: Option<Duration>,
+}
+
+/// The session's clock: when it started and when a byte last moved.
+struct Clock {
+    limits: Limits,
+    start: Instant,
+    last: Instant,
+}
+
+impl Clock {
+    fn new(limits: Limits) -> Clock {
+        let now = Instant::now();
+        Clock {
+            limits,
+            start: now,
+            last: now,
+        }
+    }
+
+    fn touch(&mut self) {
+        if self.limits.idle.is_some() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// Milliseconds `poll` may wait (-1: forever), or the limit that has
+    /// passed. Rounded up, so a wake-up never comes a hair early and spins.
+    fn timeout(&self) -> Result<i32, End> {
+        let now = Instant::now();
+        let mut ms = -1i32;
+        let limits = [
+            (self.limits.idle.map(|d| self.last + d), End::Idle),
+            (self.limits.lifetime.map(|d| self.start + d), End::Lifetime),
+        ];
+        for (deadline, end) in limits {
+            let Some(deadline) = deadline else { continue };
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(end);
+            }
+            let left = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            if ms < 0 || left < ms {
+                ms = left;
+            }
+        }
+        Ok(ms)
+    }
+}
+
+/// Waits with `poll(2)` until `conn` is ready for `events` (or has an error
+/// or hang-up, which the next read or write reports) or a limit passes.
+fn wait(conn: BorrowedFd<'_>, events: i16, clock: &Clock) -> Result<(), End> {
+    loop {
+        let ms = clock.timeout()?;
+        let mut pfd = nix::libc::pollfd {
+            fd: conn.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack.
+        match unsafe { nix::libc::poll(&mut pfd, 1, ms) } {
+            0 => continue, // the loop re-reads the clock and ends the session
+            n if n > 0 => return Ok(()),
+            _ => match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(End::Error(e)),
+            },
+        }
+    }
+}
+
+const POLLIN: i16 = nix::libc::POLLIN;
+const POLLOUT: i16 = nix::libc::POLLOUT;
+
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 const SPLICE_CHUNK: usize = 64 * 1024;
 
@@ -72,33 +176,43 @@ enum Spliced {
     Bulk(u64),
 }
 
-fn echo_splice(conn: &OwnedFd, until_bulk: bool) -> Spliced {
+/// `splice(2)` socket -> pipe -> socket, both directions non-blocking
+/// (`SPLICE_F_NONBLOCK` for the pipe, `O_NONBLOCK` on the socket), with
+/// `poll` in between.
+fn echo_splice(conn: BorrowedFd<'_>, until_bulk: bool, clock: &mut Clock) -> Spliced {
     use nix::fcntl::{splice, OFlag, SpliceFFlags};
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let Ok((pr, pw)) = nix::unistd::pipe2(OFlag::O_CLOEXEC) else {
         return Spliced::Unavailable;
     };
     let mut total = 0u64;
     loop {
-        let n = match splice(
-            conn,
-            None,
-            &pw,
-            None,
-            SPLICE_CHUNK,
-            SpliceFFlags::SPLICE_F_MOVE,
-        ) {
+        let n = match splice(conn, None, &pw, None, SPLICE_CHUNK, flags) {
             Ok(0) => break,
             Ok(n) => n,
+            Err(Errno::EAGAIN) => match wait(conn, POLLIN, clock) {
+                Ok(()) => continue,
+                Err(end) => return Spliced::Done(end, total),
+            },
             Err(Errno::EINTR) => continue,
             Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return Spliced::Unavailable,
             Err(e) => return Spliced::Done(classify(e), total),
         };
+        clock.touch();
         // Drain the pipe completely before reading more: the pipe then never
-        // holds more than one chunk, so neither splice can block on it.
+        // holds more than one chunk, so the first splice never finds it full.
         let mut left = n;
         while left > 0 {
-            match splice(&pr, None, conn, None, left, SpliceFFlags::SPLICE_F_MOVE) {
-                Ok(m) => left -= m,
+            match splice(&pr, None, conn, None, left, flags) {
+                Ok(m) => {
+                    left -= m;
+                    clock.touch();
+                }
+                Err(Errno::EAGAIN) => {
+                    if let Err(end) = wait(conn, POLLOUT, clock) {
+                        return Spliced::Done(end, total);
+                    }
+                }
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Spliced::Done(classify(e), total),
             }
@@ -114,30 +228,38 @@ fn echo_splice(conn: &OwnedFd, until_bulk: bool) -> Spliced {
 }
 
 /// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
-pub fn echo(conn: &OwnedFd, buf: &mut [u8], mode: Mode) -> (End, u64) {
+fn echo(conn: BorrowedFd<'_>, buf: &mut [u8], mode: Mode, clock: &mut Clock) -> (End, u64) {
     let done = match mode {
         Mode::Copy => 0,
-        Mode::Splice | Mode::Auto => match echo_splice(conn, mode == Mode::Auto) {
+        Mode::Splice | Mode::Auto => match echo_splice(conn, mode == Mode::Auto, clock) {
             Spliced::Done(end, total) => return (end, total),
             Spliced::Bulk(total) => total,
             Spliced::Unavailable => 0,
         },
     };
-    let (end, total) = echo_copy(conn, buf);
+    let (end, total) = echo_copy(conn, buf, clock);
     (end, done + total)
 }
 
-fn echo_copy(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
+/// `read(2)` then `write(2)` through the buffer; `EAGAIN` waits in `poll`.
+/// Reading first (rather than polling first) saves a call whenever the data
+/// is already there, which it usually is by the time the child runs.
+fn echo_copy(conn: BorrowedFd<'_>, buf: &mut [u8], clock: &mut Clock) -> (End, u64) {
     let mut total = 0u64;
     loop {
         let n = match nix::unistd::read(conn, buf) {
             Ok(0) => break,
             Ok(n) => n,
+            Err(Errno::EAGAIN) => match wait(conn, POLLIN, clock) {
+                Ok(()) => continue,
+                Err(end) => return (end, total),
+            },
             Err(Errno::EINTR) => continue,
             Err(e) => return (classify(e), total),
         };
-        if let Err(e) = write_all(conn, &buf[..n]) {
-            return (classify(e), total);
+        clock.touch();
+        if let Err(end) = write_all(conn, &buf[..n], clock) {
+            return (end, total);
         }
         total += n as u64;
     }
@@ -146,21 +268,25 @@ fn echo_copy(conn: &OwnedFd, buf: &mut [u8]) -> (End, u64) {
 
 /// All input is echoed: tell the peer we are done too. The kernel sends what
 /// is queued before the FIN, so no byte is lost.
-fn half_close(conn: &OwnedFd) -> End {
+fn half_close(conn: BorrowedFd<'_>) -> End {
     match socket::shutdown(conn.as_raw_fd(), Shutdown::Write) {
         Ok(()) | Err(Errno::ENOTCONN) => End::Eof,
         Err(e) => classify(e),
     }
 }
 
-/// `write(2)` until every byte is out: blocking sockets may still write short
-/// when a signal arrives mid-way, and `EINTR` is retried.
-fn write_all(conn: &OwnedFd, mut data: &[u8]) -> Result<(), Errno> {
+/// `write(2)` until every byte is out, waiting in `poll` while the peer's
+/// window is full.
+fn write_all(conn: BorrowedFd<'_>, mut data: &[u8], clock: &mut Clock) -> Result<(), End> {
     while !data.is_empty() {
         match nix::unistd::write(conn, data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                clock.touch();
+            }
+            Err(Errno::EAGAIN) => wait(conn, POLLOUT, clock)?,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(classify(e)),
         }
     }
     Ok(())
@@ -173,23 +299,42 @@ fn classify(e: Errno) -> End {
     }
 }
 
-/// Runs the session and logs its end: an error always, a normal end with `-v`.
-pub fn run(conn: &OwnedFd, peer: Option<SocketAddr>, buf: &mut [u8], mode: Mode) -> End {
-    let (end, bytes) = echo(conn, buf, mode);
+/// Runs the session and logs its end: an error always; with `-v` one line
+/// with the peer, the bytes echoed, the duration and how it ended. The
+/// connection must be non-blocking.
+pub fn run(
+    conn: BorrowedFd<'_>,
+    peer: Option<SocketAddr>,
+    buf: &mut [u8],
+    mode: Mode,
+    limits: Limits,
+) -> End {
+    let mut clock = Clock::new(limits);
+    let (end, bytes) = echo(conn, buf, mode, &mut clock);
     let peer = PeerDisplay(peer);
+    let took = Secs(clock.start.elapsed());
     match end {
         End::Error(e) => crate::log!(
             Level::Error,
-            "connection from {peer} failed after {bytes} bytes: {}",
+            "connection from {peer} failed after {bytes} bytes in {took}: {}",
             Reason(e)
         ),
         _ => crate::log!(
             Level::Debug,
-            "connection from {peer} ended ({}), {bytes} bytes echoed",
+            "connection from {peer} ended ({}): {bytes} bytes echoed in {took}",
             end.name()
         ),
     }
     end
+}
+
+/// A duration as seconds with milliseconds, `12.345s`, without `Debug`.
+pub struct Secs(pub Duration);
+
+impl core::fmt::Display for Secs {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}.{:03}s", self.0.as_secs(), self.0.subsec_millis())
+    }
 }
 
 /// A peer address that may be unknown, printed without allocating.
@@ -209,4 +354,37 @@ impl core::fmt::Display for PeerDisplay {
 pub fn exit(status: i32) -> ! {
     // SAFETY: _exit has no preconditions and never returns.
     unsafe { nix::libc::_exit(status) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_picks_the_nearer_limit_and_rounds_up() {
+        let none = Clock::new(Limits {
+            idle: None,
+            lifetime: None,
+        });
+        assert_eq!(none.timeout(), Ok(-1));
+        let c = Clock::new(Limits {
+            idle: Some(Duration::from_secs(60)),
+            lifetime: Some(Duration::from_millis(1500)),
+        });
+        let ms = c.timeout().unwrap();
+        assert!((1..=1500).contains(&ms), "{ms}");
+        let mut c = Clock::new(Limits {
+            idle: Some(Duration::from_millis(1)),
+            lifetime: None,
+        });
+        c.start -= Duration::from_secs(1);
+        c.last -= Duration::from_secs(1);
+        assert_eq!(c.timeout(), Err(End::Idle));
+    }
+
+    #[test]
+    fn secs_format() {
+        assert_eq!(Secs(Duration::from_millis(12_345)).to_string(), "12.345s");
+        assert_eq!(Secs(Duration::from_millis(7)).to_string(), "0.007s");
+    }
 }

@@ -13,6 +13,10 @@ pub struct Stats {
     pub exited_ok: u64,
     /// Children reaped that exited with a non-zero status (a session error).
     pub exited_error: u64,
+    /// Sessions ended by `--idle-timeout`.
+    pub idle_timeout: u64,
+    /// Sessions ended by `--max-session`.
+    pub lifetime_end: u64,
     /// Children reaped that a signal ended.
     pub killed: u64,
     /// `fork` failures (the connection was closed).
@@ -40,11 +44,13 @@ impl fmt::Display for Status<'_> {
         let s = self.stats;
         write!(
             f,
-            "status: active={} accepted={} exited_ok={} exited_error={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={}",
+            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={}",
             self.active,
             s.accepted,
             s.exited_ok,
             s.exited_error,
+            s.idle_timeout,
+            s.lifetime_end,
             s.killed,
             s.fork_failed,
             s.dropped_no_fd,
@@ -69,7 +75,7 @@ mod tests {
         };
         assert_eq!(
             Status { active: 0, stats: &stats }.to_string(),
-            "status: active=0 accepted=7 exited_ok=5 exited_error=1 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0"
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0"
         );
     }
 }

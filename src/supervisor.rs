@@ -76,6 +76,7 @@ pub struct Supervisor {
     /// The echo buffer, allocated once here and inherited by every child.
     buf: Box<[u8]>,
     mode: session::Mode,
+    limits: session::Limits,
     /// A descriptor kept only to be given up when `accept` fails with
     /// EMFILE/ENFILE: closing it makes room to accept the pending connection
     /// and close it, so the queue drains instead of spinning the loop.
@@ -106,6 +107,7 @@ impl Supervisor {
             children: heapless::Vec::new(),
             buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
             mode: cfg.echo_mode,
+            limits: cfg.limits,
             reserve: open_reserve(),
             paused_until: None,
             shutting_down: false,
@@ -219,11 +221,14 @@ impl Supervisor {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(WaitStatus::Exited(pid, code)) => {
                     self.forget(pid);
-                    if code == 0 {
-                        self.stats.exited_ok += 1;
-                    } else {
-                        self.stats.exited_error += 1;
-                        crate::log!(Level::Info, "child {pid} exited with status {code}");
+                    match code {
+                        session::EXIT_OK => self.stats.exited_ok += 1,
+                        session::EXIT_IDLE => self.stats.idle_timeout += 1,
+                        session::EXIT_LIFETIME => self.stats.lifetime_end += 1,
+                        _ => {
+                            self.stats.exited_error += 1;
+                            crate::log!(Level::Info, "child {pid} exited with status {code}");
+                        }
                     }
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
@@ -366,7 +371,7 @@ impl Supervisor {
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
         }
-        let end = session::run(&conn, peer, &mut self.buf, self.mode);
+        let end = session::run(conn.as_fd(), peer, &mut self.buf, self.mode, self.limits);
         #[cfg(feature = "alloc-count")]
         crate::log!(
             Level::Error,

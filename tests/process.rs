@@ -242,7 +242,7 @@ fn per_connection_lines_only_with_verbose() {
         round_trip(&verbose, format!("{i}").as_bytes());
     }
     assert_eq!(
-        verbose.wait_log_count("ended (eof), 1 bytes echoed", 3, SOON),
+        verbose.wait_log_count("ended (eof): 1 bytes echoed in ", 3, SOON),
         3,
         "{}",
         verbose.log()
@@ -289,7 +289,7 @@ fn sigusr1_writes_one_status_line_with_exact_counters() {
         .to_string();
     assert!(
         line.ends_with(
-            "status: active=1 accepted=7 exited_ok=5 exited_error=0 killed=1 fork_failed=0 \
+            "status: active=1 accepted=7 exited_ok=5 exited_error=0 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 \
              dropped_no_fd=0 accept_retried=0 accept_paused=0"
         ),
         "{line}"

@@ -197,6 +197,38 @@ impl Server {
         TcpStream::connect_timeout(&self.addr, SOON).expect("connect")
     }
 
+    /// Sends SIGUSR1 and returns the status line it produces (without the
+    /// `forkecho[PID]: ` prefix).
+    pub fn status(&self) -> String {
+        let before = self.log().matches("status: ").count();
+        self.signal(nix::sys::signal::Signal::SIGUSR1);
+        assert_eq!(
+            self.wait_log_count("status: ", before + 1, SOON),
+            before + 1,
+            "no status line; log: {}",
+            self.log()
+        );
+        let log = self.log();
+        let line = log.lines().filter(|l| l.contains("status: ")).nth(before);
+        let line = line.unwrap();
+        line[line.find("status: ").unwrap()..].to_string()
+    }
+
+    /// The value of one counter in a fresh status line.
+    pub fn counter(&self, name: &str) -> u64 {
+        let line = self.status();
+        let key = format!(" {name}=");
+        let at = line
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {line}"));
+        line[at + key.len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Live (non-zombie) and zombie children of the server.
     pub fn children(&self) -> (Vec<i32>, Vec<i32>) {
         children_of(self.pid)
