@@ -47,6 +47,45 @@ struct Args {
     #[argh(option, default = "String::from(\"auto\")")]
     echo: String,
 
+    /// allow clients in CIDR (10.0.0.0/8, 2001:db8::/32, 192.0.2.7);
+    /// repeatable. --allow and --deny rules are checked in the order given,
+    /// the first match decides; if none matches the client is allowed,
+    /// unless some --allow was given
+    #[argh(option)]
+    allow: Vec<String>,
+
+    /// refuse clients in CIDR, closed without a fork; repeatable (see
+    /// --allow)
+    #[argh(option)]
+    deny: Vec<String>,
+
+    /// most concurrent connections from one address (an IPv4 address, or
+    /// an IPv6 /64, see --ipv6-prefix), 0 for no limit (default 0)
+    #[argh(option, default = "0")]
+    max_per_ip: u32,
+
+    /// IPv6 prefix length that counts as one address for --max-per-ip and
+    /// --rate, 1..=128 (default 64)
+    #[argh(option, default = "64")]
+    ipv6_prefix: u8,
+
+    /// at most N new connections per SECS seconds from one address, as
+    /// N/SECS (e.g. 20/60); over it a client is refused until its window
+    /// passes. Default: no limit
+    #[argh(option)]
+    rate: Option<String>,
+
+    /// at most N new connections per SECS seconds in all, as N/SECS.
+    /// Default: no limit
+    #[argh(option)]
+    global_rate: Option<String>,
+
+    /// text sent (followed by CRLF) to a client refused by --max-per-ip,
+    /// --rate or --global-rate before closing, up to 200 bytes. Default:
+    /// close without a word
+    #[argh(option)]
+    reject_message: Option<String>,
+
     /// end a session after this many seconds without a byte received or
     /// sent, 0..=86400, 0 for never (default 60)
     #[argh(option, default = "60")]
@@ -95,6 +134,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u32,
     pub echo_mode: crate::session::Mode,
     pub limits: crate::session::Limits,
+    pub policy: crate::admission::Policy,
+    /// The refusal text with its CRLF; empty for none.
+    pub reject_message: Vec<u8>,
     pub level: crate::log::Level,
 }
 
@@ -115,8 +157,8 @@ pub fn version_line() -> String {
 }
 
 /// Parses `argv` (without the program name).
-pub fn parse(args: &[&str]) -> Result<Command> {
-    let args = match Args::from_args(&["forkecho"], args) {
+pub fn parse(args_in: &[&str]) -> Result<Command> {
+    let args = match Args::from_args(&["forkecho"], args_in) {
         Ok(a) => a,
         Err(early) => {
             return match early.status {
@@ -188,6 +230,61 @@ pub fn parse(args: &[&str]) -> Result<Command> {
         l.v6only = l.addr.is_ipv6() && l.addr.port() != 0 && v4_ports.contains(&l.addr.port());
     }
 
+    let mut policy = crate::admission::Policy {
+        max_per_ip: args.max_per_ip,
+        ipv6_prefix: args.ipv6_prefix,
+        ..Default::default()
+    };
+    if !(1..=128).contains(&args.ipv6_prefix) {
+        return Err(usage(&format!(
+            "--ipv6-prefix {}: must be in 1..=128",
+            args.ipv6_prefix
+        )));
+    }
+    let rules = rules_in_order(args_in);
+    // argh's own lists are the reference: the scan must have found them all.
+    if rules.len() != args.allow.len() + args.deny.len() {
+        return Err(usage("--allow/--deny: cannot tell the order of the rules"));
+    }
+    for (allow, text) in rules {
+        let name = if allow { "--allow" } else { "--deny" };
+        let cidr = crate::admission::Cidr::parse(text).ok_or_else(|| {
+            usage(&format!(
+                "{name} {text}: expected ADDR or ADDR/LEN with no host bits set"
+            ))
+        })?;
+        policy
+            .rules
+            .push(crate::admission::Rule { allow, cidr })
+            .map_err(|_| {
+                usage(&format!(
+                    "--allow/--deny: at most {} rules",
+                    crate::admission::MAX_RULES
+                ))
+            })?;
+    }
+    for (name, text, slot) in [
+        ("--rate", &args.rate, &mut policy.rate),
+        ("--global-rate", &args.global_rate, &mut policy.global_rate),
+    ] {
+        if let Some(text) = text {
+            *slot = Some(crate::admission::Rate::parse(text).ok_or_else(|| {
+                usage(&format!(
+                    "{name} {text}: expected N/SECS with N in 1..=1000000, SECS in 1..=86400"
+                ))
+            })?);
+        }
+    }
+    let reject_message = match &args.reject_message {
+        None => Vec::new(),
+        Some(m) if m.is_empty() || m.len() > 200 || m.contains(['\r', '\n']) => {
+            return Err(usage(
+                "--reject-message: 1 to 200 bytes on one line (CRLF is added)",
+            ))
+        }
+        Some(m) => [m.as_bytes(), b"\r\n"].concat(),
+    };
+
     let level = if args.verbose {
         crate::log::Level::Debug
     } else if args.quiet {
@@ -203,8 +300,41 @@ pub fn parse(args: &[&str]) -> Result<Command> {
         shutdown_timeout_secs: shutdown_timeout,
         echo_mode,
         limits,
+        policy,
+        reject_message,
         level,
     })))
+}
+
+/// Options that take no value. Every other option takes one, which is how
+/// the order of the rules is recovered without reading a value (say,
+/// `--reject-message --deny`) as an option. A unit test checks this list
+/// against `--help`.
+const SWITCHES: [&str; 6] = ["--verbose", "-v", "--quiet", "-q", "--version", "--help"];
+
+/// `--allow` and `--deny` in command-line order (argh keeps one list per
+/// option, which loses the order between them). Runs after argh accepted
+/// the arguments, so every valued option has its value.
+fn rules_in_order<'a>(args: &[&'a str]) -> Vec<(bool, &'a str)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i];
+        if a == "--" {
+            break;
+        }
+        if a.starts_with('-') && !SWITCHES.contains(&a) {
+            if a == "--allow" || a == "--deny" {
+                if let Some(v) = args.get(i + 1) {
+                    out.push((a == "--allow", *v));
+                }
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 fn usage(msg: &str) -> Error {
@@ -318,6 +448,58 @@ mod tests {
             assert!(!e.contains('\n'), "{bad:?} gave a multi-line error: {e}");
             assert!(!e.is_empty());
         }
+    }
+
+    #[test]
+    fn rules_keep_their_order_across_options() {
+        let c = run(&[
+            "--deny",
+            "10.1.0.0/16",
+            "--reject-message",
+            "--allow",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "::/0",
+        ]);
+        let r = &c.policy.rules;
+        assert_eq!(r.len(), 3);
+        assert!(!r[0].allow && r[1].allow && !r[2].allow);
+        assert_eq!(c.reject_message, b"--allow\r\n");
+        assert!(!c.policy.allows("10.1.0.1".parse().unwrap()));
+        assert!(c.policy.allows("10.9.0.1".parse().unwrap()));
+        assert!(err(&["--allow", "10.1.0.0/8"]).contains("--allow 10.1.0.0/8"));
+        assert!(err(&["--rate", "5"]).contains("--rate 5: expected N/SECS"));
+        assert!(err(&["--ipv6-prefix", "0"]).contains("--ipv6-prefix"));
+        assert!(err(&["--reject-message", ""]).contains("--reject-message"));
+        let c = run(&[
+            "--rate",
+            "3/60",
+            "--global-rate",
+            "100/1",
+            "--max-per-ip",
+            "2",
+        ]);
+        assert_eq!(c.policy.rate.unwrap().n, 3);
+        assert_eq!(c.policy.global_rate.unwrap().n, 100);
+        assert_eq!(c.policy.max_per_ip, 2);
+    }
+
+    #[test]
+    fn switch_list_matches_help() {
+        let Ok(Command::Print(help)) = parse(&["--help"]) else {
+            panic!()
+        };
+        // The usage line: `[--name <name>]` takes a value, `[--name]` not.
+        let usage = help.lines().next().unwrap();
+        let mut seen = 0;
+        for part in usage.split('[').skip(1) {
+            let opt = part.split([' ', ']']).next().unwrap();
+            let valued = part.starts_with(&format!("{opt} <"));
+            assert_eq!(!valued, SWITCHES.contains(&opt), "{opt}");
+            seen += 1;
+        }
+        assert!(seen > 10, "{usage}");
     }
 
     #[test]

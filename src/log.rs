@@ -26,7 +26,7 @@ pub enum Level {
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 
 /// Longest line written; longer ones are cut and end with `...`.
-pub const LINE_MAX: usize = 256;
+pub const LINE_MAX: usize = 512;
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);

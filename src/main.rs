@@ -11,12 +11,15 @@
 //! - [`cli`]: command line (argh) and its validation into a `Config`.
 //! - [`listener`]: listening sockets, their options, `accept4` with the peer.
 //! - [`supervisor`]: the parent's poll loop — accept, fork, reap, shut down.
+//! - [`admission`]: access rules, rate limits and per-address limits,
+//!   decided between accept and fork.
 //! - [`session`]: the child's echo loop and its `_exit`.
 //! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
 //! - [`log`]: one-write log lines formatted in fixed storage.
 //! - [`error`]: the one error type, printed as one line.
 
+mod admission;
 mod cli;
 mod error;
 mod listener;

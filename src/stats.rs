@@ -19,6 +19,15 @@ pub struct Stats {
     pub lifetime_end: u64,
     /// Children reaped that a signal ended.
     pub killed: u64,
+    /// Times the loop reached `--max-children` and stopped accepting (new
+    /// clients then wait in the kernel backlog).
+    pub cap_reached: u64,
+    /// Connections refused, by reason: the access rules, `--global-rate`,
+    /// `--rate`, `--max-per-ip`.
+    pub refused_deny: u64,
+    pub refused_global_rate: u64,
+    pub refused_rate: u64,
+    pub refused_per_ip: u64,
     /// `fork` failures (the connection was closed).
     pub fork_failed: u64,
     /// Connections accepted and closed at once because the parent was out of
@@ -44,7 +53,7 @@ impl fmt::Display for Status<'_> {
         let s = self.stats;
         write!(
             f,
-            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={}",
+            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={} cap_reached={} refused_deny={} refused_global_rate={} refused_rate={} refused_per_ip={}",
             self.active,
             s.accepted,
             s.exited_ok,
@@ -55,7 +64,12 @@ impl fmt::Display for Status<'_> {
             s.fork_failed,
             s.dropped_no_fd,
             s.accept_retried,
-            s.accept_paused
+            s.accept_paused,
+            s.cap_reached,
+            s.refused_deny,
+            s.refused_global_rate,
+            s.refused_rate,
+            s.refused_per_ip
         )
     }
 }
@@ -75,7 +89,7 @@ mod tests {
         };
         assert_eq!(
             Status { active: 0, stats: &stats }.to_string(),
-            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0"
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0"
         );
     }
 }

@@ -14,6 +14,7 @@
 //! `heapless::Vec`, the poll set lives on the stack, log lines are formatted
 //! into fixed storage.
 
+use crate::admission::{self, PerIp, Policy, Rates, Refusal};
 use crate::cli::{Config, MAX_CHILDREN, MAX_LISTENERS};
 use crate::error::Reason;
 use crate::listener::{self, Listener};
@@ -70,9 +71,18 @@ pub struct Supervisor {
     shutdown_timeout: Duration,
     listeners: heapless::Vec<Listener, MAX_LISTENERS>,
     pipe: SelfPipe,
-    /// Live children, by pid. Capacity ≥ `max_children`, so a push after the
-    /// cap check cannot fail.
-    children: heapless::Vec<Pid, MAX_CHILDREN>,
+    /// Live children: pid and the key of their source address (its
+    /// `--max-per-ip` slot is given back when the child is reaped).
+    /// Capacity ≥ `max_children`, so a push after the cap check cannot fail.
+    children: heapless::Vec<(Pid, u128), MAX_CHILDREN>,
+    policy: Policy,
+    per_ip: PerIp,
+    rates: Rates,
+    /// Sent to a client refused by a limit, before closing.
+    reject_message: Box<[u8]>,
+    /// Whether the last turn found the loop at `--max-children`.
+    at_cap: bool,
+    refuse_log: LogLimit,
     /// The echo buffer, allocated once here and inherited by every child.
     buf: Box<[u8]>,
     mode: session::Mode,
@@ -105,6 +115,12 @@ impl Supervisor {
             listeners,
             pipe,
             children: heapless::Vec::new(),
+            policy: cfg.policy.clone(),
+            per_ip: PerIp::default(),
+            rates: Rates::new(Instant::now()),
+            reject_message: cfg.reject_message.clone().into_boxed_slice(),
+            at_cap: false,
+            refuse_log: LogLimit::default(),
             buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
             mode: cfg.echo_mode,
             limits: cfg.limits,
@@ -169,7 +185,12 @@ impl Supervisor {
         if self.paused_until.is_some_and(|t| now >= t) {
             self.paused_until = None;
         }
-        let accepting = self.paused_until.is_none() && self.children.len() < self.max_children;
+        let at_cap = self.children.len() >= self.max_children;
+        if at_cap && !self.at_cap {
+            self.stats.cap_reached += 1;
+        }
+        self.at_cap = at_cap;
+        let accepting = self.paused_until.is_none() && !at_cap;
         let timeout = self.paused_until.map(|t| t.saturating_duration_since(now));
         let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
@@ -246,9 +267,68 @@ impl Supervisor {
     }
 
     fn forget(&mut self, pid: Pid) {
-        if let Some(i) = self.children.iter().position(|&p| p == pid) {
-            self.children.swap_remove(i);
+        if let Some(i) = self.children.iter().position(|c| c.0 == pid) {
+            let (_, key) = self.children.swap_remove(i);
+            if self.policy.max_per_ip > 0 {
+                self.per_ip.release(key);
+            }
         }
+    }
+
+    /// The admission checks, in order: access rules, global rate, rate per
+    /// source, connections per source. `Some(key)` admits (and holds a
+    /// per-address slot if that limit is on); `None` has refused, written
+    /// the reject message where it applies and closed the connection.
+    fn admit(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) -> Option<(OwnedFd, u128)> {
+        let Some(ip) = peer.map(|p| admission::unmap(p.ip())) else {
+            return Some((conn, 0));
+        };
+        let p = &self.policy;
+        let key = p.key(ip);
+        let verdict = if !p.allows(ip) {
+            Err(Refusal::Deny)
+        } else if p.rate.is_some() || p.global_rate.is_some() {
+            self.rates.admit(p, key, Instant::now())
+        } else {
+            Ok(())
+        };
+        let verdict = verdict.and_then(|()| {
+            if p.max_per_ip == 0 || self.per_ip.take(key, p.max_per_ip) {
+                Ok(())
+            } else {
+                Err(Refusal::PerIp)
+            }
+        });
+        let why = match verdict {
+            Ok(()) => return Some((conn, key)),
+            Err(why) => why,
+        };
+        match why {
+            Refusal::Deny => self.stats.refused_deny += 1,
+            Refusal::GlobalRate => self.stats.refused_global_rate += 1,
+            Refusal::Rate => self.stats.refused_rate += 1,
+            Refusal::PerIp => self.stats.refused_per_ip += 1,
+        }
+        // A denied client learns nothing; one over a limit may be told.
+        if why != Refusal::Deny && !self.reject_message.is_empty() {
+            // One non-blocking send: a fresh socket's buffer holds the few
+            // bytes, and a peer that cannot take them is not waited for.
+            let _ = nix::sys::socket::send(
+                conn.as_raw_fd(),
+                &self.reject_message,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            );
+        }
+        drop(conn);
+        if let Some(held) = self.refuse_log.allow(Instant::now()) {
+            crate::log!(
+                Level::Info,
+                "refused {}: {} ({held} similar messages suppressed)",
+                ip,
+                why.name()
+            );
+        }
+        None
     }
 
     fn accept_from(&mut self, i: usize) {
@@ -257,7 +337,11 @@ impl Supervisor {
                 return;
             }
             match listener::accept(&self.listeners[i]) {
-                Ok((conn, peer)) => self.spawn(conn, peer),
+                Ok((conn, peer)) => {
+                    if let Some((conn, key)) = self.admit(conn, peer) {
+                        self.spawn(conn, peer, key);
+                    }
+                }
                 Err(Errno::EAGAIN) => return,
                 // The connection died in the queue or a network error was
                 // passed on (accept(2), "Error handling"): try the next one.
@@ -327,7 +411,7 @@ impl Supervisor {
     /// Forks one child for `conn`. The handled signals are blocked (they
     /// always are outside `ppoll`, see `signals`); the parent closes its copy
     /// of the connection first thing.
-    fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
+    fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, key: u128) {
         // SAFETY: the parent is single-threaded, so the child starts with a
         // consistent heap and no lock held by another thread; the child
         // nevertheless only uses memory prepared before fork and the stack.
@@ -336,7 +420,7 @@ impl Supervisor {
             Ok(ForkResult::Parent { child }) => {
                 drop(conn);
                 self.stats.accepted += 1;
-                let _ = self.children.push(child);
+                let _ = self.children.push((child, key));
                 crate::log!(
                     Level::Debug,
                     "connection from {} served by child {child}",
@@ -345,6 +429,9 @@ impl Supervisor {
             }
             Err(e) => {
                 drop(conn);
+                if self.policy.max_per_ip > 0 {
+                    self.per_ip.release(key);
+                }
                 self.stats.fork_failed += 1;
                 if let Some(held) = self.fork_log.allow(Instant::now()) {
                     crate::log!(
@@ -417,7 +504,7 @@ impl Supervisor {
             "shutting down, {} connections open",
             self.children.len()
         );
-        for &pid in &self.children {
+        for &(pid, _) in &self.children {
             let _ = kill(pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -445,7 +532,7 @@ impl Supervisor {
             self.children.len(),
             self.shutdown_timeout.as_secs()
         );
-        for &pid in &self.children {
+        for &(pid, _) in &self.children {
             let _ = kill(pid, Signal::SIGKILL);
         }
         // Blocking waits now: SIGKILL cannot be caught, each child will exit.

@@ -66,3 +66,48 @@ fn the_check_sees_an_allocation_in_the_child() {
         "allocation not detected: {child:?}"
     );
 }
+
+#[test]
+fn admission_refusals_and_session_limits_do_not_allocate() {
+    let mut srv = Server::start(&[
+        "-v",
+        "--max-per-ip",
+        "1",
+        "--rate",
+        "1000/60",
+        "--global-rate",
+        "1000/60",
+        "--deny",
+        "127.0.0.9",
+        "--reject-message",
+        "busy",
+        "--idle-timeout",
+        "1",
+    ]);
+    // Held until the idle timeout ends it.
+    let mut held = srv.connect_from("127.0.0.1");
+    std::io::Write::write_all(&mut held, b"x").unwrap();
+    assert_eq!(read_exact_within(&mut held, 1, SOON), b"x");
+    for src in ["127.0.0.1", "127.0.0.9"] {
+        let mut s = srv.connect_from(src);
+        let _ = read_to_eof_within(&mut s, SOON);
+    }
+    for i in 2..12 {
+        let mut s = srv.connect_from(&format!("127.0.1.{i}"));
+        std::io::Write::write_all(&mut s, b"ok").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(read_to_eof_within(&mut s, SOON), b"ok");
+    }
+    assert!(closed_within(&mut held, SOON));
+    assert_eq!(srv.wait_log_count("alloc-check: child", 11, SOON), 11);
+    assert_eq!(srv.counter("refused_per_ip"), 1);
+    assert_eq!(srv.counter("refused_deny"), 1);
+    assert_eq!(srv.counter("idle_timeout"), 1);
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    let log = srv.log();
+    let child = counts(&log, "child");
+    assert_eq!(child.len(), 11, "{log}");
+    assert!(child.iter().all(|&n| n == 0), "{child:?}");
+    assert_eq!(counts(&log, "parent"), vec![0], "{log}");
+}

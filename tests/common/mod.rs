@@ -197,6 +197,32 @@ impl Server {
         TcpStream::connect_timeout(&self.addr, SOON).expect("connect")
     }
 
+    /// Connects from a chosen loopback source address (any of 127.0.0.0/8
+    /// works on Linux without configuration), to test per-address rules.
+    pub fn connect_from(&self, src: &str) -> TcpStream {
+        use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+        let src: std::net::IpAddr = src.parse().unwrap();
+        let family = if src.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        let local = SockaddrStorage::from(SocketAddr::new(src, 0));
+        socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local).unwrap();
+        // A server on [::ffff:127.0.0.1] is reached at 127.0.0.1.
+        let target = match self.addr {
+            SocketAddr::V6(v6) if src.is_ipv4() => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => self.addr,
+            },
+            a => a,
+        };
+        let peer = SockaddrStorage::from(target);
+        socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &peer).expect("connect");
+        TcpStream::from(fd)
+    }
+
     /// Sends SIGUSR1 and returns the status line it produces (without the
     /// `forkecho[PID]: ` prefix).
     pub fn status(&self) -> String {
@@ -273,6 +299,18 @@ pub fn proc_stat(pid: i32) -> Option<(char, i32, u64)> {
     // utime + stime, fields 14 and 15 of the whole line (11, 12 here).
     let cpu = f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?;
     Some((state, ppid, cpu))
+}
+
+/// Waits until `pid` is gone from /proc (exited *and* reaped).
+pub fn wait_reaped(pid: i32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while proc_stat(pid).is_some() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 pub fn children_of(pid: i32) -> (Vec<i32>, Vec<i32>) {
