@@ -21,7 +21,8 @@ steps=(
     "+ -Zlocation-detail=none|-Zlocation-detail=none|-Zbuild-std-features=optimize_for_size"
     "+ -Zfmt-debug=none|-Zlocation-detail=none -Zfmt-debug=none|-Zbuild-std-features=optimize_for_size"
     "+ -Cpanic=immediate-abort|-Zlocation-detail=none -Zfmt-debug=none -Zunstable-options -Cpanic=immediate-abort|-Zbuild-std-features=optimize_for_size"
-    "same, opt-level=s|-Zlocation-detail=none -Zfmt-debug=none -Zunstable-options -Cpanic=immediate-abort|-Zbuild-std-features=optimize_for_size|s"
+    "+ -Cforce-unwind-tables=no|-Zlocation-detail=none -Zfmt-debug=none -Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no|-Zbuild-std-features=optimize_for_size"
+    "same, opt-level=s|-Zlocation-detail=none -Zfmt-debug=none -Zunstable-options -Cpanic=immediate-abort -Cforce-unwind-tables=no|-Zbuild-std-features=optimize_for_size|s"
 )
 printf '| step (%s) | bytes |\n| --- | ---: |\n' "$target"
 i=0

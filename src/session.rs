@@ -128,7 +128,13 @@ impl Clock {
             if left.is_zero() {
                 return Err(end);
             }
-            let left = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // u64 arithmetic: u128 division would pull a large routine into
+            // 32-bit ARM builds.
+            let left = left
+                .as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(left.subsec_nanos().div_ceil(1_000_000)))
+                .min(i32::MAX as u64) as i32;
             if ms < 0 || left < ms {
                 ms = left;
             }
