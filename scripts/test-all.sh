@@ -53,7 +53,8 @@ for target in $TARGETS; do
         env -u RUSTC -u CARGO -u RUSTC_BOOTSTRAP -u RUSTFLAGS \
             FORKECHO_BIN="$PWD/$bin" FORKECHO_RUNNER="$(runner_for "$target")" \
             FORKECHO_EXPECT_TARGET="$target" \
-            cargo test --test echo --test process --test cli
+            cargo test --test echo --test process --test cli --test limits \
+            --test admission --test activation --test privileges --test syslog
     )
 done
 echo "== all tests passed (host${TARGETS:+ and $TARGETS})"

@@ -1,7 +1,7 @@
 # Sourced by the other scripts: finds or installs what a cross build and a
 # QEMU test run need, and picks how to build each target's standard library.
 #
-#   ensure_host             cargo (rustup), util-linux tools, file
+#   ensure_host             cargo (rustup), util-linux tools, file, systemd
 #   ensure_cross TARGET     zig linker, qemu-user, and either the rustup std
 #                           for TARGET or Debian's rustc + std source (build-std)
 #   zb ARGS...              cargo-zigbuild with the chosen mode's flags
@@ -35,6 +35,9 @@ ensure_host() {
     command -v prlimit >/dev/null 2>&1 || pkgs+=(util-linux)
     command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
     command -v file >/dev/null 2>&1 || pkgs+=(file)
+    # The real activator for the socket-activation and inetd tests, and the
+    # unit checker for deploy/.
+    command -v systemd-socket-activate >/dev/null 2>&1 || pkgs+=(systemd)
     [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }
 

@@ -101,6 +101,37 @@ struct Args {
     #[argh(option, default = "5")]
     shutdown_timeout: u32,
 
+    /// serve the one connection on descriptor 0 and exit, without forking
+    /// or listening (inetd, xinetd, systemd Accept=yes)
+    #[argh(switch)]
+    inetd: bool,
+
+    /// when ready, write the bound port and a newline to descriptor N and
+    /// close it (s6 notification-fd)
+    #[argh(option)]
+    ready_fd: Option<i32>,
+
+    /// after binding, switch to this user (name or uid); its group unless
+    /// --group is given
+    #[argh(option)]
+    user: Option<String>,
+
+    /// after binding, switch to this group (name or gid)
+    #[argh(option)]
+    group: Option<String>,
+
+    /// after binding, chroot to DIR (an empty directory will do)
+    #[argh(option)]
+    chroot: Option<String>,
+
+    /// log to the local syslog socket (facility daemon) instead of stderr
+    #[argh(switch)]
+    syslog: bool,
+
+    /// the syslog socket for --syslog (default /dev/log)
+    #[argh(option, default = "String::from(\"/dev/log\")")]
+    syslog_socket: String,
+
     /// log every connection
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -137,6 +168,13 @@ pub struct Config {
     pub policy: crate::admission::Policy,
     /// The refusal text with its CRLF; empty for none.
     pub reject_message: Vec<u8>,
+    pub inetd: bool,
+    pub ready_fd: Option<i32>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub chroot: Option<String>,
+    /// The syslog socket path with `--syslog`.
+    pub syslog: Option<String>,
     pub level: crate::log::Level,
 }
 
@@ -285,6 +323,28 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
         Some(m) => [m.as_bytes(), b"\r\n"].concat(),
     };
 
+    if args.inetd {
+        let stateful = [
+            ("--listen", !args.listen.is_empty()),
+            ("--max-per-ip", args.max_per_ip > 0),
+            ("--rate", args.rate.is_some()),
+            ("--global-rate", args.global_rate.is_some()),
+            ("--ready-fd", args.ready_fd.is_some()),
+        ];
+        if let Some((name, _)) = stateful.iter().find(|o| o.1) {
+            return Err(usage(&format!(
+                "--inetd serves one connection: {name} needs the listening server"
+            )));
+        }
+    }
+    if let Some(fd) = args.ready_fd {
+        if !(1..=65535).contains(&fd) || fd == 2 {
+            return Err(usage(&format!(
+                "--ready-fd {fd}: must be an open descriptor other than 0 and 2"
+            )));
+        }
+    }
+
     let level = if args.verbose {
         crate::log::Level::Debug
     } else if args.quiet {
@@ -302,6 +362,12 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
         limits,
         policy,
         reject_message,
+        inetd: args.inetd,
+        ready_fd: args.ready_fd,
+        user: args.user,
+        group: args.group,
+        chroot: args.chroot,
+        syslog: args.syslog.then_some(args.syslog_socket),
         level,
     })))
 }
@@ -310,7 +376,16 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
 /// the order of the rules is recovered without reading a value (say,
 /// `--reject-message --deny`) as an option. A unit test checks this list
 /// against `--help`.
-const SWITCHES: [&str; 6] = ["--verbose", "-v", "--quiet", "-q", "--version", "--help"];
+const SWITCHES: [&str; 8] = [
+    "--verbose",
+    "-v",
+    "--quiet",
+    "-q",
+    "--version",
+    "--help",
+    "--inetd",
+    "--syslog",
+];
 
 /// `--allow` and `--deny` in command-line order (argh keeps one list per
 /// option, which loses the order between them). Runs after argh accepted

@@ -13,6 +13,10 @@ use std::net::SocketAddr;
 pub enum Error {
     /// The command line is wrong; the text says what and how to fix it.
     Usage(String),
+    /// Start-up refused for a reason that is not one failed call: a bad
+    /// environment (`LISTEN_FDS`), an unusable inherited descriptor, a
+    /// privilege drop that did not hold. The text says what.
+    Start(String),
     /// A system call failed at start-up or in the loop.
     Sys {
         /// What was being done, e.g. "cannot bind".
@@ -44,7 +48,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Usage(msg) => f.write_str(msg),
+            Error::Usage(msg) | Error::Start(msg) => f.write_str(msg),
             Error::Sys { op, addr, errno } => {
                 f.write_str(op)?;
                 if let Some(a) = addr {

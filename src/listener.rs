@@ -80,12 +80,12 @@ fn listen(fd: &OwnedFd, backlog: i32) -> nix::Result<()> {
 }
 
 /// `getsockname(2)`: the address the kernel actually bound.
-fn local_addr(fd: &OwnedFd) -> nix::Result<SocketAddr> {
+pub fn local_addr(fd: &OwnedFd) -> nix::Result<SocketAddr> {
     let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
     to_std(&ss).ok_or(Errno::EAFNOSUPPORT)
 }
 
-fn to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
+pub fn to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = ss.as_sockaddr_in() {
         Some(SocketAddr::V4(SocketAddrV4::from(*v4)))
     } else {

@@ -1,5 +1,6 @@
-//! Logging: one line per event on stderr, formatted into fixed storage and
-//! written with a single `write(2)`.
+//! Logging: one line per event on stderr, or with `--syslog` one datagram
+//! per event to the local syslog socket, formatted into fixed storage and
+//! written with a single call.
 //!
 //! Why not `eprintln!`: std's stderr takes a lock and may issue several writes
 //! per line; lines from many children could then interleave. One `write(2)` of
@@ -8,7 +9,11 @@
 //! buffer, so logging never touches the heap — it is safe in a forked child.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags, UnixAddr};
+use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::OnceLock;
 
 /// How much to say. Ordered: a message is written when its level is at or
 /// below the configured one.
@@ -24,6 +29,14 @@ pub enum Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// Whether lines go to stderr (off in inetd mode when stderr is the
+/// client's socket, and with `--syslog`).
+static STDERR: AtomicBool = AtomicBool::new(true);
+/// The connected syslog socket, or -1.
+static SYSLOG: AtomicI32 = AtomicI32::new(-1);
+/// Where the syslog socket is, to reconnect after syslogd restarts. Set
+/// once at start-up; reconnecting then needs no allocation.
+static SYSLOG_ADDR: OnceLock<UnixAddr> = OnceLock::new();
 
 /// Longest line written; longer ones are cut and end with `...`.
 pub const LINE_MAX: usize = 512;
@@ -50,6 +63,11 @@ impl Line {
             len: 0,
             truncated: false,
         }
+    }
+
+    /// The text so far, without a newline.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 
     /// Ends the line: marks a cut with `...` and appends the newline, which
@@ -87,16 +105,91 @@ impl Write for Line {
     }
 }
 
-/// Formats `forkecho[PID]: <args>` and writes it to stderr in one call.
+/// Formats `forkecho[PID]: <args>` and writes it to stderr in one call,
+/// or sends `<PRI>forkecho[PID]: <args>` to syslog (facility daemon).
 ///
 /// The pid is read at log time (`getpid(2)`) rather than cached, so a line
 /// written by a child names the child without the child having to set
 /// anything up after fork.
-pub fn emit(args: fmt::Arguments<'_>) {
+pub fn emit(level: Level, args: fmt::Arguments<'_>) {
     let mut line = Line::new();
+    let syslog = SYSLOG.load(Ordering::Relaxed);
+    if syslog >= 0 {
+        // daemon (3) * 8 + severity: err (3), info (6), debug (7).
+        let severity = match level {
+            Level::Error => 3,
+            Level::Info => 6,
+            Level::Debug => 7,
+        };
+        let _ = write!(line, "<{}>", 24 + severity);
+    }
     let _ = write!(line, "forkecho[{}]: ", nix::unistd::getpid());
     let _ = line.write_fmt(args);
-    write_stderr(line.finish());
+    if syslog >= 0 && send_syslog(syslog, &mut line) {
+        return;
+    }
+    if STDERR.load(Ordering::Relaxed) {
+        write_stderr(line.finish());
+    }
+}
+
+/// One datagram; on a broken connection (syslogd restarted) reconnect once
+/// and resend. False when it could not be sent: the caller falls back to
+/// stderr rather than lose the line.
+fn send_syslog(fd: RawFd, line: &mut Line) -> bool {
+    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+    match socket::send(fd, line.as_bytes(), flags) {
+        Ok(_) => return true,
+        Err(Errno::ECONNREFUSED | Errno::ENOTCONN | Errno::ECONNRESET) => {}
+        Err(_) => return false,
+    }
+    let Some(addr) = SYSLOG_ADDR.get() else {
+        return false;
+    };
+    match connect_syslog(addr) {
+        Ok(new) => {
+            // The old descriptor is dead; the new one takes its number's
+            // place in SYSLOG.
+            SYSLOG.store(new, Ordering::Relaxed);
+            // SAFETY: `fd` was ours and is replaced above.
+            unsafe { nix::libc::close(fd) };
+            socket::send(new, line.as_bytes(), flags).is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// `socket(2)` + `connect(2)`: a close-on-exec datagram socket connected to
+/// the syslog socket.
+fn connect_syslog(addr: &UnixAddr) -> nix::Result<RawFd> {
+    let fd = socket::socket(
+        socket::AddressFamily::Unix,
+        socket::SockType::Datagram,
+        socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), addr)?;
+    Ok(fd.into_raw_fd())
+}
+
+/// `--syslog`: connect to `path` now (before any chroot), then send every
+/// line there instead of stderr.
+pub fn open_syslog(path: &str) -> nix::Result<()> {
+    let addr = UnixAddr::new(path)?;
+    let fd = connect_syslog(&addr)?;
+    let _ = SYSLOG_ADDR.set(addr);
+    SYSLOG.store(fd, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The syslog descriptor, which children must keep open; -1 if none.
+pub fn syslog_fd() -> RawFd {
+    SYSLOG.load(Ordering::Relaxed)
+}
+
+/// Stop writing to stderr (it is the client's socket in inetd mode).
+pub fn stderr_off() {
+    STDERR.store(false, Ordering::Relaxed);
 }
 
 /// `write(2)` on fd 2, once. A failed or short log write is dropped: a closed
@@ -113,7 +206,7 @@ fn write_stderr(bytes: &[u8]) {
 macro_rules! log {
     ($lvl:expr, $($arg:tt)*) => {
         if $crate::log::enabled($lvl) {
-            $crate::log::emit(format_args!($($arg)*))
+            $crate::log::emit($lvl, format_args!($($arg)*))
         }
     };
 }

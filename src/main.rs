@@ -10,6 +10,9 @@
 //! # Layout
 //! - [`cli`]: command line (argh) and its validation into a `Config`.
 //! - [`listener`]: listening sockets, their options, `accept4` with the peer.
+//! - [`activation`]: socket activation (`LISTEN_FDS`), `--inetd`, readiness
+//!   (`NOTIFY_SOCKET`, `--ready-fd`).
+//! - [`privs`]: `--user`/`--group`/`--chroot` and `PR_SET_NO_NEW_PRIVS`.
 //! - [`supervisor`]: the parent's poll loop — accept, fork, reap, shut down.
 //! - [`admission`]: access rules, rate limits and per-address limits,
 //!   decided between accept and fork.
@@ -19,11 +22,13 @@
 //! - [`log`]: one-write log lines formatted in fixed storage.
 //! - [`error`]: the one error type, printed as one line.
 
+mod activation;
 mod admission;
 mod cli;
 mod error;
 mod listener;
 mod log;
+mod privs;
 mod session;
 mod signals;
 mod stats;
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
 }
 
 fn start() -> Result<()> {
+    fill_std_fds();
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| {
@@ -69,7 +75,57 @@ fn start() -> Result<()> {
         cli::Command::Run(cfg) => cfg,
     };
     log::set_level(cfg.level);
+    if let Some(path) = &cfg.syslog {
+        log::open_syslog(path).map_err(|e| {
+            Error::Start(format!(
+                "--syslog: cannot connect to {path}: {}",
+                error::Reason(e)
+            ))
+        })?;
+        log::stderr_off();
+    }
+    if let Some(fd) = cfg.ready_fd {
+        activation::check_ready_fd(fd)?;
+    }
+    // Names are looked up now, while /etc/passwd is still in reach.
+    let target = privs::resolve(
+        cfg.user.as_deref(),
+        cfg.group.as_deref(),
+        cfg.chroot.as_deref(),
+    )?;
 
+    if cfg.inetd {
+        target.apply()?;
+        privs::no_new_privs()?;
+        let status = activation::serve_inetd(&cfg)?;
+        session::exit(status);
+    }
+
+    let listeners = match activation::listen_fds()? {
+        Some(passed) if !cfg.listen.is_empty() => {
+            drop(passed);
+            return Err(Error::Usage(
+                "--listen and socket activation (LISTEN_FDS) exclude each other".into(),
+            ));
+        }
+        Some(passed) => passed,
+        None => bind(&cfg)?,
+    };
+    // Handlers go in after binding, so a bind failure exits with the default
+    // dispositions untouched, and before the "listening" line, so a script
+    // that reacts to that line can already signal us.
+    let pipe = signals::SelfPipe::install()?;
+    let notify = activation::Notify::from_env();
+    let mut sup = supervisor::Supervisor::new(&cfg, listeners, pipe, notify);
+    // Bound, reserve descriptor open: now give up root, for good.
+    target.apply()?;
+    privs::no_new_privs()?;
+    sup.announce();
+    sup.run();
+    Ok(())
+}
+
+fn bind(cfg: &cli::Config) -> Result<heapless::Vec<listener::Listener, { cli::MAX_LISTENERS }>> {
     let mut listeners = heapless::Vec::new();
     if cfg.listen.is_empty() {
         let _ = listeners.push(listener::open_default(cfg.backlog)?);
@@ -78,12 +134,23 @@ fn start() -> Result<()> {
             let _ = listeners.push(listener::open(*spec, cfg.backlog)?);
         }
     }
-    // Handlers go in after binding, so a bind failure exits with the default
-    // dispositions untouched, and before the "listening" line, so a script
-    // that reacts to that line can already signal us.
-    let pipe = signals::SelfPipe::install()?;
-    let sup = supervisor::Supervisor::new(&cfg, listeners, pipe);
-    sup.announce();
-    sup.run();
-    Ok(())
+    Ok(listeners)
+}
+
+/// Opens /dev/null onto any of descriptors 0-2 that is closed, as daemons
+/// do: otherwise the first socket would get number 0-2, a log line would go
+/// into it, and a child's descriptor cleanup would treat it as stdio.
+fn fill_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+            // open(2) returns the lowest free number: this one.
+            let _ = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDWR,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(std::os::fd::IntoRawFd::into_raw_fd);
+        }
+    }
 }

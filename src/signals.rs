@@ -75,10 +75,7 @@ impl SelfPipe {
             unsafe { signal::sigaction(sig, &act) }
                 .map_err(|e| Error::sys("cannot install a signal handler", e))?;
         }
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        // SAFETY: SIG_IGN runs no code.
-        unsafe { signal::sigaction(Signal::SIGPIPE, &ignore) }
-            .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))?;
+        ignore_sigpipe()?;
         let mut handled = SigSet::empty();
         for sig in HANDLED {
             handled.add(sig);
@@ -155,6 +152,17 @@ impl SelfPipe {
         }
         pending
     }
+}
+
+/// `sigaction(SIGPIPE, SIG_IGN)`: a peer that goes away must end a session
+/// with `EPIPE`, not kill the process. (Inetd mode; the server does this in
+/// `SelfPipe::install`.)
+pub fn ignore_sigpipe() -> Result<()> {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN runs no code.
+    unsafe { signal::sigaction(Signal::SIGPIPE, &ignore) }
+        .map(drop)
+        .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))
 }
 
 extern "C" fn on_signal(sig: nix::libc::c_int) {

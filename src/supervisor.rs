@@ -93,6 +93,10 @@ pub struct Supervisor {
     reserve: Option<OwnedFd>,
     paused_until: Option<Instant>,
     shutting_down: bool,
+    /// systemd's notification socket, for READY=1 and STOPPING=1.
+    notify: Option<crate::activation::Notify>,
+    /// `--ready-fd`, written and closed once announced.
+    ready_fd: Option<i32>,
     accept_log: LogLimit,
     fork_log: LogLimit,
     stats: Stats,
@@ -108,6 +112,7 @@ impl Supervisor {
         cfg: &Config,
         listeners: heapless::Vec<Listener, MAX_LISTENERS>,
         pipe: SelfPipe,
+        notify: Option<crate::activation::Notify>,
     ) -> Self {
         Supervisor {
             max_children: cfg.max_children,
@@ -127,6 +132,8 @@ impl Supervisor {
             reserve: open_reserve(),
             paused_until: None,
             shutting_down: false,
+            notify,
+            ready_fd: cfg.ready_fd,
             accept_log: LogLimit::default(),
             fork_log: LogLimit::default(),
             stats: Stats::default(),
@@ -137,10 +144,18 @@ impl Supervisor {
     }
 
     /// One "listening on" line per listener, with the port really bound, so
-    /// `--listen 127.0.0.1:0` is usable from scripts and tests.
-    pub fn announce(&self) {
+    /// `--listen 127.0.0.1:0` is usable from scripts and tests; then the
+    /// readiness signals: `READY=1` to systemd, the port to `--ready-fd`.
+    pub fn announce(&mut self) {
         for l in &self.listeners {
             crate::log!(Level::Info, "listening on {}", l.local);
+        }
+        if let Some(n) = &self.notify {
+            n.send("READY=1");
+        }
+        if let Some(fd) = self.ready_fd.take() {
+            let port = self.listeners.first().map_or(0, |l| l.local.port());
+            crate::activation::signal_ready_fd(fd, port);
         }
     }
 
@@ -468,18 +483,31 @@ impl Supervisor {
         session::exit(end.status())
     }
 
-    /// In the child: close every descriptor but 0-2 and the connection — the
-    /// listeners, the self-pipe, the reserve, and whatever the parent itself
-    /// inherited without close-on-exec (a supervisor's pipes, a jobserver),
-    /// which no session should pin open. `close_range(2)` does it in two
-    /// calls; where the kernel lacks it (ENOSYS, before Linux 5.9) the
+    /// In the child: close every descriptor but 0-2, the connection and the
+    /// syslog socket — the listeners, the self-pipe, the reserve, the
+    /// notification socket, and whatever the parent itself inherited without
+    /// close-on-exec (a supervisor's pipes, a jobserver), which no session
+    /// should pin open. `close_range(2)` closes the gaps between the kept
+    /// descriptors; where the kernel lacks it (ENOSYS, before Linux 5.9) the
     /// descriptors the parent knows of are closed one by one.
     ///
     /// Closing by number is sound: the OwnedFds are never dropped in the
     /// child (it leaves with _exit), so nothing closes them twice.
     fn close_all_but(&self, conn: i32) {
-        let below = conn > 3 && close_range(3, conn as u32 - 1).is_err();
-        if below || close_range(conn as u32 + 1, u32::MAX).is_err() {
+        let mut keep = [conn, crate::log::syslog_fd()];
+        keep.sort_unstable();
+        let mut from = 3u32;
+        let mut ok = true;
+        for fd in keep {
+            if fd >= from as i32 {
+                if fd > from as i32 {
+                    ok &= close_range(from, fd as u32 - 1).is_ok();
+                }
+                from = fd as u32 + 1;
+            }
+        }
+        ok &= close_range(from, u32::MAX).is_ok();
+        if !ok {
             for l in &self.listeners {
                 close_raw(l.fd.as_raw_fd());
             }
@@ -489,6 +517,9 @@ impl Supervisor {
             if let Some(r) = &self.reserve {
                 close_raw(r.as_raw_fd());
             }
+            if let Some(n) = &self.notify {
+                close_raw(n.raw_fd());
+            }
         }
     }
 
@@ -497,6 +528,9 @@ impl Supervisor {
     /// rest and reap them.
     fn shutdown(&mut self) {
         self.shutting_down = true;
+        if let Some(n) = &self.notify {
+            n.send("STOPPING=1");
+        }
         // Closing the listeners makes the kernel refuse new clients at once.
         self.listeners.clear();
         crate::log!(

@@ -25,7 +25,11 @@ fn refused(srv: &Server, src: &str, expect: &[u8]) {
     let accepted = srv.counter("accepted");
     let mut s = srv.connect_from(src);
     assert_eq!(read_to_eof_within(&mut s, SOON), expect, "from {src}");
-    assert_eq!(srv.counter("accepted"), accepted, "a refused client was forked");
+    assert_eq!(
+        srv.counter("accepted"),
+        accepted,
+        "a refused client was forked"
+    );
 }
 
 #[test]

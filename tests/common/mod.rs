@@ -115,12 +115,21 @@ impl Server {
         }
         all.extend(args);
         let mut cmd = command(&all);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, None)
+    }
+
+    /// Spawns `cmd` (forkecho, or something that execs it: an activator, a
+    /// shell) with stderr collected. With `addr` None, waits for the
+    /// "listening on" line and takes the address from it; otherwise the
+    /// server is at `addr` (it may not even have started yet, as under
+    /// socket activation).
+    pub fn spawn(mut cmd: Command, addr: Option<SocketAddr>) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn forkecho");
         let pid = child.id() as i32;
         let stderr = child.stderr.take().unwrap();
@@ -140,12 +149,15 @@ impl Server {
                 }
             });
         }
-        let addr = match rx.recv_timeout(SOON) {
-            Ok(a) => a.parse().expect("listening address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no 'listening on' line; log: {}", log.lock().unwrap());
-            }
+        let addr = match addr {
+            Some(a) => a,
+            None => match rx.recv_timeout(SOON) {
+                Ok(a) => a.parse().expect("listening address"),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("no 'listening on' line; log: {}", log.lock().unwrap());
+                }
+            },
         };
         Server {
             child: Some(child),
@@ -440,6 +452,42 @@ pub fn round_trip(srv: &Server, payload: &[u8]) {
     s.write_all(payload).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_to_eof_within(&mut s, SOON), payload);
+}
+
+/// A loopback port that was free a moment ago (for activators that cannot
+/// bind port 0 and report it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The runner and binary as one argument list, for wrapping in another
+/// command (an activator, a shell).
+pub fn runner_and_bin() -> Vec<String> {
+    let mut v = runner();
+    v.push(bin());
+    v
+}
+
+/// A fresh empty directory in the system's temporary directory, named after
+/// this test process.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("forkecho-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One field of /proc/PID/status ("Uid", "NoNewPrivs", ...), whitespace
+/// normalised.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// xorshift64*: reproducible pseudo-random bytes without a crate.

@@ -1,0 +1,120 @@
+//! Privileges: after binding, give up root for good (`--user`, `--group`,
+//! `--chroot`), and set `PR_SET_NO_NEW_PRIVS`.
+//!
+//! Names are looked up at start-up, before any chroot hides /etc/passwd.
+//! The drop runs chroot, setgroups, setgid, setuid — in that order, since
+//! each later step removes the right to do the earlier ones — and is then
+//! verified: every id must be the target, and `setuid(0)` must fail. Any
+//! failure ends the process (exit 1) before a single connection is served:
+//! a server asked to drop root never keeps running as root with its
+//! (possibly privileged) port open.
+
+use crate::error::{Error, Reason, Result};
+use nix::unistd::{Gid, Group, Uid, User};
+
+/// What to become. `None` fields are left alone.
+#[derive(Debug, Default)]
+pub struct Target {
+    uid: Option<Uid>,
+    gid: Option<Gid>,
+    chroot: Option<std::path::PathBuf>,
+}
+
+fn start(msg: String) -> Error {
+    Error::Start(msg)
+}
+
+/// Resolves `--user` (name or number; its primary group unless `--group`
+/// says otherwise), `--group` (name or number) and `--chroot`.
+pub fn resolve(user: Option<&str>, group: Option<&str>, chroot: Option<&str>) -> Result<Target> {
+    let mut t = Target {
+        chroot: chroot.map(Into::into),
+        ..Target::default()
+    };
+    if let Some(u) = user {
+        let (uid, gid) = match u.parse::<u32>() {
+            Ok(n) => {
+                let uid = Uid::from_raw(n);
+                (uid, User::from_uid(uid).ok().flatten().map(|e| e.gid))
+            }
+            Err(_) => {
+                let e = User::from_name(u)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Error::Usage(format!("--user {u}: no such user")))?;
+                (e.uid, Some(e.gid))
+            }
+        };
+        t.uid = Some(uid);
+        t.gid = gid;
+    }
+    if let Some(g) = group {
+        t.gid = Some(match g.parse::<u32>() {
+            Ok(n) => Gid::from_raw(n),
+            Err(_) => {
+                Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Error::Usage(format!("--group {g}: no such group")))?
+                    .gid
+            }
+        });
+    }
+    if t.uid.is_some() && t.gid.is_none() {
+        return Err(Error::Usage(format!(
+            "--user {}: no passwd entry to take a group from; add --group",
+            user.unwrap_or_default()
+        )));
+    }
+    Ok(t)
+}
+
+impl Target {
+    /// `chroot(2)` + `chdir("/")`, `setgroups(2)` to just the target group,
+    /// `setgid(2)`, `setuid(2)`; then the checks described in the module
+    /// doc.
+    pub fn apply(&self) -> Result<()> {
+        if let Some(dir) = &self.chroot {
+            nix::unistd::chroot(dir.as_path())
+                .and_then(|()| nix::unistd::chdir("/"))
+                .map_err(|e| start(format!("--chroot {}: {}", dir.display(), Reason(e))))?;
+        }
+        if let Some(gid) = self.gid {
+            nix::unistd::setgroups(&[gid])
+                .and_then(|()| nix::unistd::setgid(gid))
+                .map_err(|e| start(format!("cannot switch to group {gid}: {}", Reason(e))))?;
+        }
+        if let Some(uid) = self.uid {
+            nix::unistd::setuid(uid)
+                .map_err(|e| start(format!("cannot switch to user {uid}: {}", Reason(e))))?;
+        }
+        self.verify()
+    }
+
+    fn verify(&self) -> Result<()> {
+        let ids = nix::unistd::getresuid().ok();
+        let gids = nix::unistd::getresgid().ok();
+        if let Some(uid) = self.uid {
+            if ids.is_none_or(|r| r.real != uid || r.effective != uid || r.saved != uid) {
+                return Err(start(format!("user ids are not all {uid} after setuid")));
+            }
+            if !uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+                return Err(start("setuid(0) still works after the drop".into()));
+            }
+        }
+        if let Some(gid) = self.gid {
+            if gids.is_none_or(|r| r.real != gid || r.effective != gid || r.saved != gid) {
+                return Err(start(format!("group ids are not all {gid} after setgid")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS, 1)`: no exec from this process or its
+/// children can gain privileges (setuid binaries, file capabilities). Set
+/// once in the parent after the drop: every child inherits it through
+/// fork, at no cost per connection.
+pub fn no_new_privs() -> Result<()> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("cannot set PR_SET_NO_NEW_PRIVS", e))
+}

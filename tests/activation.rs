@@ -1,0 +1,253 @@
+//! Activation modes and readiness, each with a real activator or reader:
+//! systemd socket activation (`systemd-socket-activate`, Debian package
+//! `systemd`), inetd mode (`systemd-socket-activate --inetd --accept`),
+//! `NOTIFY_SOCKET` (a datagram socket of ours, as systemd's), `--ready-fd`.
+
+mod common;
+use common::*;
+use nix::sys::signal::Signal;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::Duration;
+
+fn activator(args: &[&str], port: u16, server_args: &[&str]) -> Server {
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(args)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(runner_and_bin())
+        .args(server_args);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let srv = Server::spawn(cmd, Some(addr));
+    assert_eq!(
+        srv.wait_log_count("Listening on", 1, SOON),
+        1,
+        "activator: {}",
+        srv.log()
+    );
+    srv
+}
+
+fn echo_once(srv: &Server, payload: &[u8]) {
+    let mut s = srv.connect();
+    s.write_all(payload).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_to_eof_within(&mut s, SOON), payload);
+}
+
+#[test]
+fn socket_activation_serves_the_passed_socket() {
+    let port = free_port();
+    let mut srv = activator(&[], port, &["-v"]);
+    // The first client makes the activator exec forkecho, which finds the
+    // client waiting on the passed socket.
+    echo_once(&srv, b"activated");
+    echo_once(&srv, b"again");
+    assert_eq!(
+        srv.wait_log_count(&format!("listening on 127.0.0.1:{port}"), 1, SOON),
+        1,
+        "{}",
+        srv.log()
+    );
+    assert_eq!(srv.wait_log_count("ended (eof)", 2, SOON), 2);
+    // The activator exec'd forkecho in place: the pid is the server's.
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    assert!(srv.log().contains("stopped"));
+}
+
+/// Runs forkecho through `sh -c`, so `$$` (the shell, which then execs
+/// forkecho in place) can be LISTEN_PID.
+fn via_shell(script: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script} \"$@\""))
+        .arg("sh")
+        .args(runner_and_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_socket_activation_environment_is_one_clear_line() {
+    for (script, want) in [
+        (
+            "LISTEN_PID=$$ LISTEN_FDS=abc exec",
+            "LISTEN_FDS=abc: expected 1..=16 descriptors",
+        ),
+        (
+            "exec 3</dev/null; LISTEN_PID=$$ LISTEN_FDS=1 exec",
+            "LISTEN_FDS: descriptor 3 is not a socket",
+        ),
+        (
+            "LISTEN_PID=x LISTEN_FDS=1 exec",
+            "LISTEN_PID=x: not a process id",
+        ),
+    ] {
+        let (code, err) = via_shell(script, &[]);
+        assert_eq!(code, Some(1), "{script}: {err}");
+        assert_eq!(err.lines().count(), 1, "{script}: {err}");
+        assert!(err.contains(want), "{script}: {err}");
+    }
+}
+
+#[test]
+fn listen_fds_for_another_process_are_ignored() {
+    // LISTEN_PID=1 is not us: bind as usual.
+    let srv = Server::start_env(&[], &[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")]);
+    round_trip(&srv, b"standalone");
+    assert!(srv.log().contains("ignoring LISTEN_FDS"), "{}", srv.log());
+}
+
+#[test]
+fn inetd_mode_serves_one_connection_per_process() {
+    let port = free_port();
+    let srv = activator(&["--inetd", "--accept"], port, &["--inetd", "-v"]);
+    echo_once(&srv, b"first");
+    let all: Vec<u8> = (0..=255u8).collect();
+    echo_once(&srv, &all);
+    assert_eq!(
+        srv.wait_log_count("ended (eof)", 2, SOON),
+        2,
+        "{}",
+        srv.log()
+    );
+    // No listener of its own.
+    assert!(!srv.log().contains("listening on"), "{}", srv.log());
+}
+
+#[test]
+fn inetd_mode_keeps_log_lines_out_of_a_socket_on_stderr() {
+    // BSD inetd style: the socket is 0, 1 and 2. A log line on stderr would
+    // land in the client's stream: the refusal line for a denied client,
+    // which is written before the close.
+    for (args, payload, want) in [
+        (
+            &["--inetd", "-v"][..],
+            &b"only these bytes"[..],
+            &b"only these bytes"[..],
+        ),
+        (&["--inetd", "-v", "--deny", "127.0.0.1"], b"", b""),
+    ] {
+        let port = free_port();
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.args(["--inetd", "--accept", "-l", &format!("127.0.0.1:{port}")])
+            .args(["sh", "-c", "exec \"$@\" 2>&1", "sh"])
+            .args(runner_and_bin())
+            .args(args);
+        let srv = Server::spawn(cmd, Some(format!("127.0.0.1:{port}").parse().unwrap()));
+        assert_eq!(srv.wait_log_count("Listening on", 1, SOON), 1);
+        let mut s = srv.connect();
+        s.write_all(payload).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_eof_within(&mut s, SOON), want, "{args:?}");
+    }
+}
+
+#[test]
+fn inetd_mode_applies_the_access_rules() {
+    let port = free_port();
+    let srv = activator(
+        &["--inetd", "--accept"],
+        port,
+        &["--inetd", "--deny", "127.0.0.1"],
+    );
+    let mut s = srv.connect();
+    assert_eq!(read_to_eof_within(&mut s, SOON), b"");
+    assert_eq!(
+        srv.wait_log_count("refused 127.0.0.1: denied by the access rules", 1, SOON),
+        1,
+        "{}",
+        srv.log()
+    );
+}
+
+#[test]
+fn inetd_mode_refuses_what_it_cannot_do() {
+    let (st, _, err) = run_to_end(&["--inetd"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--inetd: descriptor 0 is not a connected socket"),
+        "{err}"
+    );
+    let (st, _, err) = run_to_end(&["--inetd", "--rate", "1/1"]);
+    assert_eq!(st.code(), Some(2), "{err}");
+    assert!(err.contains("--rate needs the listening server"), "{err}");
+}
+
+#[test]
+fn notify_socket_gets_ready_and_stopping() {
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(SOON)).unwrap();
+    let mut srv = Server::start_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    round_trip(&srv, b"notified");
+    srv.signal(Signal::SIGTERM);
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn notify_socket_may_be_abstract() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("forkecho-test-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(SOON)).unwrap();
+    let _srv = Server::start_env(&[], &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+}
+
+#[test]
+fn ready_fd_gets_the_port_and_is_closed() {
+    let dir = temp_dir("ready");
+    let file = dir.join("ready");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("exec \"$@\" 5>{}", file.display()))
+        .arg("sh")
+        .args(runner_and_bin())
+        .args(["--listen", "127.0.0.1:0", "--ready-fd", "5"]);
+    let srv = Server::spawn(cmd, None);
+    let want = format!("{}\n", srv.addr.port());
+    let deadline = std::time::Instant::now() + SOON;
+    while std::fs::read_to_string(&file).unwrap_or_default() != want {
+        assert!(std::time::Instant::now() < deadline, "no readiness line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Closed after writing: no descriptor of the server points at it.
+    let target = file.to_string_lossy().into_owned();
+    assert!(
+        fds(srv.pid).iter().all(|(_, t)| *t != target),
+        "{:?}",
+        fds(srv.pid)
+    );
+    round_trip(&srv, b"ready");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn ready_fd_must_be_open() {
+    let (st, _, err) = run_to_end(&["--listen", "127.0.0.1:0", "--ready-fd", "9"]);
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--ready-fd 9: Bad file descriptor (EBADF)"),
+        "{err}"
+    );
+}
