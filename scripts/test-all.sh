@@ -17,6 +17,8 @@ TARGETS="${FORKECHO_TARGETS-armv7-unknown-linux-musleabihf arm-unknown-linux-mus
 ensure_host
 echo "== host: cargo test (with the allocation counter)"
 cargo test --features alloc-count
+echo "== host: deploy/ units (systemd-analyze verify) and init script"
+scripts/verify-deploy.sh
 
 for target in $TARGETS; do
     # Each target in a subshell: the build-std environment must not leak

@@ -10,7 +10,7 @@
 //! (possibly privileged) port open.
 
 use crate::error::{Error, Reason, Result};
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
 
 /// What to become. `None` fields are left alone.
 #[derive(Debug, Default)]
@@ -24,6 +24,26 @@ fn start(msg: String) -> Error {
     Error::Start(msg)
 }
 
+/// The first line of a passwd or group file whose `:`-separated fields
+/// satisfy `pick`, as those fields with the numeric ones (2 and 3) parsed.
+///
+/// Read directly rather than through `getpwnam(3)`: musl's version brings
+/// stdio, `getline` and an nscd client, ~8 KB of a board's binary, for
+/// files that on a board are always local. (No NSS/LDAP users: give
+/// numbers then.)
+fn entry(path: &str, pick: impl Fn(&[&str]) -> bool) -> Option<[u32; 4]> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let f: heapless::Vec<&str, 8> = line.splitn(8, ':').collect();
+        if f.len() < 3 || line.starts_with('#') || !pick(&f) {
+            return None;
+        }
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
+        // passwd: name:pw:uid:gid:...; group: name:pw:gid:members.
+        Some([0, 0, num(2)?, num(3).unwrap_or(0)])
+    })
+}
+
 /// Resolves `--user` (name or number; its primary group unless `--group`
 /// says otherwise), `--group` (name or number) and `--chroot`.
 pub fn resolve(user: Option<&str>, group: Option<&str>, chroot: Option<&str>) -> Result<Target> {
@@ -33,32 +53,25 @@ pub fn resolve(user: Option<&str>, group: Option<&str>, chroot: Option<&str>) ->
     };
     if let Some(u) = user {
         let (uid, gid) = match u.parse::<u32>() {
-            Ok(n) => {
-                let uid = Uid::from_raw(n);
-                (uid, User::from_uid(uid).ok().flatten().map(|e| e.gid))
-            }
+            // A number need not have a passwd entry; if it has, its group
+            // is the default.
+            Ok(n) => (n, entry("/etc/passwd", |f| f[2] == u).map(|f| f[3])),
             Err(_) => {
-                let e = User::from_name(u)
-                    .ok()
-                    .flatten()
+                let f = entry("/etc/passwd", |f| f[0] == u)
                     .ok_or_else(|| Error::Usage(format!("--user {u}: no such user")))?;
-                (e.uid, Some(e.gid))
+                (f[2], Some(f[3]))
             }
         };
-        t.uid = Some(uid);
-        t.gid = gid;
+        t.uid = Some(Uid::from_raw(uid));
+        t.gid = gid.map(Gid::from_raw);
     }
     if let Some(g) = group {
-        t.gid = Some(match g.parse::<u32>() {
-            Ok(n) => Gid::from_raw(n),
-            Err(_) => {
-                Group::from_name(g)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| Error::Usage(format!("--group {g}: no such group")))?
-                    .gid
-            }
-        });
+        let gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => entry("/etc/group", |f| f[0] == g)
+                .ok_or_else(|| Error::Usage(format!("--group {g}: no such group")))?[2],
+        };
+        t.gid = Some(Gid::from_raw(gid));
     }
     if t.uid.is_some() && t.gid.is_none() {
         return Err(Error::Usage(format!(
