@@ -117,9 +117,12 @@ zb() {
     fi
 }
 
-# The armv7 size budget (bytes): 96 KiB with every feature. Size is
-# deterministic for a given toolchain, so this is a gate, not a timing.
-SIZE_BUDGET_ARMV7=98304
+# The armv7 size budget (bytes). Every feature of issue 3 (activation modes,
+# privilege drop, syslog, admission control, session timeouts) does not fit
+# the 96 KiB target: the binary measures 119,3xx bytes, so the gate is that
+# plus 5%, as the size issue prescribes (breakdown in the README, "Size").
+# Size is deterministic for a given toolchain: a gate, not a timing.
+SIZE_BUDGET_ARMV7=125300
 
 # Fails when the armv7 release binary outgrows its budget. Only on the
 # build-std path: the rustup path cannot use the size options above.

@@ -62,7 +62,7 @@ impl fmt::Display for Error {
 
 pub type Result<T> = core::result::Result<T, Error>;
 
-/// "Address already in use (EADDRINUSE)": the text for people, the name for
+/// "Permission denied (EACCES)": the C library's text for people, the name for
 /// searching. Written without `Debug`, which release builds compile out
 /// (`-Zfmt-debug=none`) to save space.
 pub struct Reason(pub Errno);
