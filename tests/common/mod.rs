@@ -272,11 +272,16 @@ impl Server {
         children_of(self.pid)
     }
 
-    /// Waits until the server has exactly `n` live children.
+    /// Waits until the server has exactly `n` children that it has not
+    /// reaped yet (live or zombie): `wait_children(0)` means every exit has
+    /// been seen by the parent. Counting zombies matters under QEMU, where a
+    /// child is multi-threaded: its main thread shows as a zombie before the
+    /// other threads have gone and the parent can reap it.
     pub fn wait_children(&self, n: usize, within: Duration) -> usize {
         let deadline = Instant::now() + within;
         loop {
-            let live = self.children().0.len();
+            let (live, zombies) = self.children();
+            let live = live.len() + zombies.len();
             if live == n || Instant::now() > deadline {
                 return live;
             }
