@@ -16,10 +16,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-fn start_error(msg: String) -> Error {
-    Error::Start(msg)
-}
-
 /// Takes the listening sockets systemd passed, if any were passed to this
 /// process: `LISTEN_PID` must be our pid (otherwise the variables were
 /// meant for a parent and are ignored, as `sd_listen_fds` does). The
@@ -37,7 +33,7 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
     };
     let pid: i32 = pid
         .parse()
-        .map_err(|_| start_error(format!("LISTEN_PID={pid}: not a process id")))?;
+        .map_err(|_| Error::Start(format!("LISTEN_PID={pid}: not a process id")))?;
     if pid != nix::unistd::getpid().as_raw() {
         crate::log!(
             Level::Info,
@@ -50,14 +46,14 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
         .ok()
         .filter(|n| (1..=MAX_LISTENERS).contains(n))
         .ok_or_else(|| {
-            start_error(format!(
+            Error::Start(format!(
                 "LISTEN_FDS={fds}: expected 1..={MAX_LISTENERS} descriptors"
             ))
         })?;
     let mut out = heapless::Vec::new();
     for fd in LISTEN_FDS_START..LISTEN_FDS_START + n as RawFd {
         let bad = |what: &str, e: Option<Errno>| {
-            start_error(match e {
+            Error::Start(match e {
                 Some(e) => format!("LISTEN_FDS: descriptor {fd} {what}: {}", Reason(e)),
                 None => format!("LISTEN_FDS: descriptor {fd} {what}"),
             })
@@ -146,7 +142,7 @@ pub fn check_ready_fd(fd: RawFd) -> Result<()> {
     // SAFETY: F_GETFD only reads the descriptor's flags.
     Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) })
         .map(drop)
-        .map_err(|e| start_error(format!("--ready-fd {fd}: {}", Reason(e))))
+        .map_err(|e| Error::Start(format!("--ready-fd {fd}: {}", Reason(e))))
 }
 
 /// s6-style readiness: write the bound port and a newline to `fd`, then

@@ -20,18 +20,15 @@ pub struct Target {
     chroot: Option<std::path::PathBuf>,
 }
 
-fn start(msg: String) -> Error {
-    Error::Start(msg)
-}
-
 /// The first line of a passwd or group file whose `:`-separated fields
-/// satisfy `pick`, as those fields with the numeric ones (2 and 3) parsed.
+/// satisfy `pick`: its numeric fields 2 and 3 (uid and gid in passwd; gid
+/// and 0 in group, whose field 3 is the member list).
 ///
 /// Read directly rather than through `getpwnam(3)`: musl's version brings
 /// stdio, `getline` and an nscd client, ~8 KB of a board's binary, for
 /// files that on a board are always local. (No NSS/LDAP users: give
 /// numbers then.)
-fn entry(path: &str, pick: impl Fn(&[&str]) -> bool) -> Option<[u32; 4]> {
+fn entry(path: &str, pick: impl Fn(&[&str]) -> bool) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let f: heapless::Vec<&str, 8> = line.splitn(8, ':').collect();
@@ -39,8 +36,7 @@ fn entry(path: &str, pick: impl Fn(&[&str]) -> bool) -> Option<[u32; 4]> {
             return None;
         }
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok());
-        // passwd: name:pw:uid:gid:...; group: name:pw:gid:members.
-        Some([0, 0, num(2)?, num(3).unwrap_or(0)])
+        Some((num(2)?, num(3).unwrap_or(0)))
     })
 }
 
@@ -55,11 +51,11 @@ pub fn resolve(user: Option<&str>, group: Option<&str>, chroot: Option<&str>) ->
         let (uid, gid) = match u.parse::<u32>() {
             // A number need not have a passwd entry; if it has, its group
             // is the default.
-            Ok(n) => (n, entry("/etc/passwd", |f| f[2] == u).map(|f| f[3])),
+            Ok(n) => (n, entry("/etc/passwd", |f| f[2] == u).map(|e| e.1)),
             Err(_) => {
-                let f = entry("/etc/passwd", |f| f[0] == u)
+                let (uid, gid) = entry("/etc/passwd", |f| f[0] == u)
                     .ok_or_else(|| Error::Usage(format!("--user {u}: no such user")))?;
-                (f[2], Some(f[3]))
+                (uid, Some(gid))
             }
         };
         t.uid = Some(Uid::from_raw(uid));
@@ -68,8 +64,11 @@ pub fn resolve(user: Option<&str>, group: Option<&str>, chroot: Option<&str>) ->
     if let Some(g) = group {
         let gid = match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => entry("/etc/group", |f| f[0] == g)
-                .ok_or_else(|| Error::Usage(format!("--group {g}: no such group")))?[2],
+            Err(_) => {
+                entry("/etc/group", |f| f[0] == g)
+                    .ok_or_else(|| Error::Usage(format!("--group {g}: no such group")))?
+                    .0
+            }
         };
         t.gid = Some(Gid::from_raw(gid));
     }
@@ -90,16 +89,18 @@ impl Target {
         if let Some(dir) = &self.chroot {
             nix::unistd::chroot(dir.as_path())
                 .and_then(|()| nix::unistd::chdir("/"))
-                .map_err(|e| start(format!("--chroot {}: {}", dir.display(), Reason(e))))?;
+                .map_err(|e| Error::Start(format!("--chroot {}: {}", dir.display(), Reason(e))))?;
         }
         if let Some(gid) = self.gid {
             nix::unistd::setgroups(&[gid])
                 .and_then(|()| nix::unistd::setgid(gid))
-                .map_err(|e| start(format!("cannot switch to group {gid}: {}", Reason(e))))?;
+                .map_err(|e| {
+                    Error::Start(format!("cannot switch to group {gid}: {}", Reason(e)))
+                })?;
         }
         if let Some(uid) = self.uid {
             nix::unistd::setuid(uid)
-                .map_err(|e| start(format!("cannot switch to user {uid}: {}", Reason(e))))?;
+                .map_err(|e| Error::Start(format!("cannot switch to user {uid}: {}", Reason(e))))?;
         }
         self.verify()
     }
@@ -109,15 +110,19 @@ impl Target {
         let gids = nix::unistd::getresgid().ok();
         if let Some(uid) = self.uid {
             if ids.is_none_or(|r| r.real != uid || r.effective != uid || r.saved != uid) {
-                return Err(start(format!("user ids are not all {uid} after setuid")));
+                return Err(Error::Start(format!(
+                    "user ids are not all {uid} after setuid"
+                )));
             }
             if !uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-                return Err(start("setuid(0) still works after the drop".into()));
+                return Err(Error::Start("setuid(0) still works after the drop".into()));
             }
         }
         if let Some(gid) = self.gid {
             if gids.is_none_or(|r| r.real != gid || r.effective != gid || r.saved != gid) {
-                return Err(start(format!("group ids are not all {gid} after setgid")));
+                return Err(Error::Start(format!(
+                    "group ids are not all {gid} after setgid"
+                )));
             }
         }
         Ok(())

@@ -284,9 +284,8 @@ impl Supervisor {
     fn forget(&mut self, pid: Pid) {
         if let Some(i) = self.children.iter().position(|c| c.0 == pid) {
             let (_, key) = self.children.swap_remove(i);
-            if self.policy.max_per_ip > 0 {
-                self.per_ip.release(key);
-            }
+            // A no-op when --max-per-ip is off: no slot was ever taken.
+            self.per_ip.release(key);
         }
     }
 
@@ -444,9 +443,7 @@ impl Supervisor {
             }
             Err(e) => {
                 drop(conn);
-                if self.policy.max_per_ip > 0 {
-                    self.per_ip.release(key);
-                }
+                self.per_ip.release(key);
                 self.stats.fork_failed += 1;
                 if let Some(held) = self.fork_log.allow(Instant::now()) {
                     crate::log!(
