@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(arm-unknown-linux-musleabihf armv7-unknown-linux-musleabihf aarch64-unknown-linux-musl)
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(all_targets)
 
 ensure_host
 rm -rf dist

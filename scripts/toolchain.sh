@@ -5,7 +5,9 @@
 #   ensure_cross TARGET     zig linker, qemu-user, and either the rustup std
 #                           for TARGET or Debian's rustc + std source (build-std)
 #   zb ARGS...              cargo-zigbuild with the chosen mode's flags
-#   runner_for TARGET       the QEMU command for TARGET (as in .cargo/config.toml)
+#   runner_for TARGET       the QEMU command for TARGET (from .cargo/config.toml)
+#   all_targets             the Raspberry Pi targets (.cargo/config.toml's
+#                           [target.*] sections, in order: armv7 first)
 #
 # Installs only on Debian/Ubuntu (apt-get) and PyPI (pip); elsewhere it says
 # what is missing and stops.
@@ -41,13 +43,25 @@ ensure_host() {
     [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
 }
 
+# .cargo/config.toml is the one place that names the targets, their QEMU
+# runners and their rustflags; everything here is read from it.
+_config="$(dirname "${BASH_SOURCE[0]}")/../.cargo/config.toml"
+
+# config_value TARGET KEY: the value of KEY in [target.TARGET], as one line
+# of words (quotes, brackets and commas of TOML strings and arrays removed).
+config_value() {
+    awk -v sec="[target.$1]" -v key="$2" '
+        /^\[/ { on = ($0 == sec); next }
+        on && $1 == key { sub(/^[^=]*=[ ]*/, ""); gsub(/", *"/, " "); gsub(/[]["]/, ""); print; exit }
+    ' "$_config"
+}
+
+all_targets() {
+    sed -n 's/^\[target\.\([^]]*\)\]$/\1/p' "$_config"
+}
+
 runner_for() {
-    case "$1" in
-        armv7-*) echo "qemu-arm" ;;
-        arm-*) echo "qemu-arm -cpu arm1176" ;;
-        aarch64-*) echo "qemu-aarch64" ;;
-        *) echo "" ;;
-    esac
+    config_value "$1" runner
 }
 
 # Which std to use for a target: "rustup" when `rustup target add` has
@@ -80,17 +94,10 @@ ensure_cross() {
         export RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo RUSTC_BOOTSTRAP=1
         export RUSTFLAGS="${RUSTFLAGS:-} -C link-self-contained=no"
         # RUSTFLAGS replaces .cargo/config.toml's rustflags: repeat them.
-        case "$target" in
-            arm*) RUSTFLAGS="$RUSTFLAGS $ARM32_RUSTFLAGS" ;;
-        esac
+        RUSTFLAGS="$RUSTFLAGS $(config_value "$target" rustflags)"
     fi
     echo "toolchain: $target with $BUILD_MODE std ($(${RUSTC:-rustc} --version))" >&2
 }
-
-# 32-bit ARM Linux has 4 KiB pages only; lld's default 64 KiB maximum page
-# size pads the file up to 60 KiB between the code and the data segments.
-# Also in .cargo/config.toml for the other build paths.
-ARM32_RUSTFLAGS="-C link-arg=-Wl,-z,max-page-size=4096"
 
 # Size options for release builds on the build-std path (what each buys:
 # bench/size-steps.sh): std compiled for size, no file/line strings in

@@ -3,15 +3,15 @@
 //! connection on descriptor 0, no fork), `NOTIFY_SOCKET` (`READY=1`,
 //! `STOPPING=1`, without libsystemd) and an s6-style `--ready-fd`.
 
-use crate::cli::{Config, MAX_LISTENERS};
 use crate::error::{Error, Reason, Result};
+use crate::limits::MAX_LISTENERS;
 use crate::listener::{self, Listener};
 use crate::log::Level;
-use crate::session;
+use crate::session::{self, End};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::sys::socket::{self, sockopt, MsgFlags, UnixAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -58,20 +58,17 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
                 None => format!("LISTEN_FDS: descriptor {fd} {what}"),
             })
         };
-        // SAFETY: systemd handed these descriptors to us; borrowed only to
-        // inspect them before taking ownership below.
-        let b = unsafe { BorrowedFd::borrow_raw(fd) };
-        match socket::getsockopt(&b, sockopt::AcceptConn) {
+        // Taken over at once: systemd handed them to this process, and
+        // nothing of ours has been opened yet that could share a number.
+        let owned = crate::sys::adopt(fd).map_err(|e| bad("is not open", Some(e)))?;
+        match socket::getsockopt(&owned, sockopt::AcceptConn) {
             Ok(true) => {}
             Ok(false) => return Err(bad("is not listening", None)),
             Err(e) => return Err(bad("is not a socket", Some(e))),
         }
-        if socket::getsockopt(&b, sockopt::SockType) != Ok(socket::SockType::Stream) {
+        if socket::getsockopt(&owned, sockopt::SockType) != Ok(socket::SockType::Stream) {
             return Err(bad("is not a stream socket", None));
         }
-        // SAFETY: checked above to be an open socket that nothing else in
-        // this process owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         let local =
             listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
@@ -82,20 +79,30 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
     Ok(Some(out))
 }
 
+/// What `--inetd` needs of the configuration.
+pub struct Inetd<'a> {
+    pub policy: &'a crate::admission::Policy,
+    pub buffer_size: usize,
+    pub mode: session::Mode,
+    pub limits: session::Limits,
+}
+
 /// `--inetd`: echo the one connection on descriptor 0 in this process, no
 /// fork and no listener (inetd, xinetd, systemd `Accept=yes`). The access
 /// rules apply; the limits that need to remember other connections
 /// (`--max-per-ip`, `--rate`) are the activator's job and refused by the
-/// command line. Returns the exit status.
-pub fn serve_inetd(cfg: &Config) -> Result<i32> {
-    // SAFETY: descriptor 0 is ours for the life of the process.
-    let conn = unsafe { BorrowedFd::borrow_raw(0) };
-    let peer = socket::getpeername::<socket::SockaddrStorage>(0)
+/// command line. Returns how the session ended.
+pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
+    // Descriptor 0 is the connection, ours for the life of the process.
+    let conn = crate::sys::adopt(0)
+        .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
+    let conn = conn.as_fd();
+    let peer = socket::getpeername::<socket::SockaddrStorage>(conn.as_raw_fd())
         .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
     let peer = listener::to_std(&peer);
     // BSD inetd and busybox put the socket on 0, 1 *and* 2: a log line on
     // stderr would then reach the client in the middle of its echo.
-    if same_file(0, 2) {
+    if crate::sys::same_file(0, 2) {
         crate::log::stderr_off();
     }
     crate::signals::ignore_sigpipe()?;
@@ -106,14 +113,13 @@ pub fn serve_inetd(cfg: &Config) -> Result<i32> {
                 "refused {ip}: {}",
                 crate::admission::Refusal::Deny.name()
             );
-            return Ok(session::EXIT_OK);
+            return Ok(End::Eof);
         }
     }
     set_nonblocking(conn)
         .map_err(|e| Error::sys("--inetd: cannot make descriptor 0 non-blocking", e))?;
     let mut buf = vec![0u8; cfg.buffer_size];
-    let end = session::run(conn, peer, &mut buf, cfg.echo_mode, cfg.limits);
-    Ok(end.status())
+    Ok(session::run(conn, peer, &mut buf, cfg.mode, cfg.limits))
 }
 
 /// `fcntl(F_GETFL)` then `fcntl(F_SETFL)` adding `O_NONBLOCK`, keeping the
@@ -123,38 +129,55 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
     fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-/// `fstat(2)` both: the same open file (device and inode)? Descriptors 0-2
-/// are always open (`main` fills closed ones with /dev/null).
-fn same_file(a: RawFd, b: RawFd) -> bool {
-    // SAFETY: see above; borrowed for the call only.
-    let (a, b) = unsafe { (BorrowedFd::borrow_raw(a), BorrowedFd::borrow_raw(b)) };
-    match (nix::sys::stat::fstat(a), nix::sys::stat::fstat(b)) {
-        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
-        _ => false,
+/// `--ready-fd`: takes the descriptor over now, so a wrong number fails at
+/// once rather than after start-up.
+pub fn take_ready_fd(fd: RawFd) -> Result<OwnedFd> {
+    crate::sys::adopt(fd).map_err(|e| Error::Start(format!("--ready-fd {fd}: {}", Reason(e))))
+}
+
+/// How forkecho tells its supervisor it is ready, and that it is stopping:
+/// `READY=1`/`STOPPING=1` to systemd, the port to `--ready-fd`.
+pub struct Readiness {
+    notify: Option<Notify>,
+    ready_fd: Option<OwnedFd>,
+}
+
+impl Readiness {
+    pub fn new(notify: Option<Notify>, ready_fd: Option<OwnedFd>) -> Readiness {
+        Readiness { notify, ready_fd }
     }
-}
 
-/// `fcntl(F_GETFD)`: is `--ready-fd` open? Checked before binding, so a
-/// wrong number fails at once rather than after start-up.
-pub fn check_ready_fd(fd: RawFd) -> Result<()> {
-    // Raw libc: the descriptor may well be closed, which a BorrowedFd may
-    // not be.
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) })
-        .map(drop)
-        .map_err(|e| Error::Start(format!("--ready-fd {fd}: {}", Reason(e))))
-}
+    /// `READY=1`, then s6-style readiness: the bound port and a newline to
+    /// `--ready-fd`, which is then closed, so the supervisor's reader sees
+    /// the line and then EOF.
+    pub fn ready(&mut self, port: u16) {
+        if let Some(n) = &self.notify {
+            n.send("READY=1");
+        }
+        if let Some(fd) = self.ready_fd.take() {
+            let mut line = crate::log::Line::new();
+            let _ = core::fmt::Write::write_fmt(&mut line, format_args!("{port}\n"));
+            if let Err(e) = nix::unistd::write(&fd, line.as_bytes()) {
+                crate::log!(Level::Error, "--ready-fd: write failed: {}", Reason(e));
+            }
+        }
+    }
 
-/// s6-style readiness: write the bound port and a newline to `fd`, then
-/// close it, so the supervisor's reader sees the line and then EOF.
-pub fn signal_ready_fd(fd: RawFd, port: u16) {
-    let mut line = crate::log::Line::new();
-    let _ = core::fmt::Write::write_fmt(&mut line, format_args!("{port}\n"));
-    // SAFETY: the user gave us this descriptor to write to and close;
-    // nothing else in the process uses it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if let Err(e) = nix::unistd::write(&fd, line.as_bytes()) {
-        crate::log!(Level::Error, "--ready-fd: write failed: {}", Reason(e));
+    pub fn stopping(&self) {
+        if let Some(n) = &self.notify {
+            n.send("STOPPING=1");
+        }
+    }
+
+    /// In a child where `close_range` is missing: closes these by number
+    /// (the child never drops them).
+    pub fn close_in_child(&self) {
+        if let Some(n) = &self.notify {
+            crate::sys::close_raw(n.fd.as_raw_fd());
+        }
+        if let Some(f) = &self.ready_fd {
+            crate::sys::close_raw(f.as_raw_fd());
+        }
     }
 }
 
@@ -206,9 +229,5 @@ impl Notify {
                 Reason(e)
             );
         }
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
     }
 }

@@ -2,6 +2,9 @@
 //! access rules (`--allow`/`--deny`), rate limits (`--rate`,
 //! `--global-rate`) and concurrent connections per source (`--max-per-ip`).
 //! A refused client costs one accept and one close, never a fork.
+//! [`Gate::check`] is the one call the supervisor makes; concurrent
+//! connections per source are counted in the child table (`children`), which
+//! knows them without a table of its own.
 //!
 //! Addresses are compared as 128-bit numbers: IPv4 (and IPv4-mapped IPv6,
 //! which a dual-stack socket reports) as `::ffff:a.b.c.d`, so one rule or
@@ -9,17 +12,11 @@
 //! whose capacity can never be exceeded by construction (see each table);
 //! nothing here allocates.
 
-use crate::cli::MAX_CHILDREN;
-use std::net::IpAddr;
+use crate::limits::{MAX_RULES, RATE_N, RATE_SECS, RATE_SLOTS};
+use crate::log::{Level, LogLimit};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
-
-/// Most `--allow`/`--deny` rules.
-pub const MAX_RULES: usize = 32;
-/// Sources whose rate window is tracked at once. When all are in use and
-/// none has expired, the oldest window is recycled: a flood from more
-/// sources than this weakens the per-source limit, which is what
-/// `--global-rate` is for.
-pub const RATE_SLOTS: usize = 256;
 
 /// An address as a number, IPv4 mapped into IPv6.
 fn bits(ip: IpAddr) -> (bool, u128) {
@@ -94,7 +91,7 @@ impl Rate {
         let (n, secs) = text.split_once('/')?;
         let n: u32 = n.parse().ok()?;
         let secs: u32 = secs.parse().ok()?;
-        ((1..=1_000_000).contains(&n) && (1..=86_400).contains(&secs)).then(|| Rate {
+        (RATE_N.contains(&n) && RATE_SECS.contains(&secs)).then(|| Rate {
             n,
             per: Duration::from_secs(secs.into()),
         })
@@ -178,47 +175,6 @@ impl Policy {
     }
 }
 
-/// Live connections per source. An entry exists only while that source has
-/// a live child, so there are never more entries than children (capacity
-/// [`MAX_CHILDREN`]). Entries are taken by the parent before fork and given
-/// back when the child is reaped, whatever ended it: a crashed or SIGKILLed
-/// child cannot leak a slot.
-#[derive(Default)]
-pub struct PerIp {
-    slots: heapless::Vec<(u128, u32), MAX_CHILDREN>,
-}
-
-impl PerIp {
-    /// Takes a slot for `key`; false when `key` already holds `limit`.
-    pub fn take(&mut self, key: u128, limit: u32) -> bool {
-        match self.slots.iter_mut().find(|s| s.0 == key) {
-            Some(s) if s.1 >= limit => false,
-            Some(s) => {
-                s.1 += 1;
-                true
-            }
-            // Cannot be full: every entry has a live child, and the caller
-            // forks only below --max-children ≤ MAX_CHILDREN.
-            None => self.slots.push((key, 1)).is_ok(),
-        }
-    }
-
-    pub fn release(&mut self, key: u128) {
-        if let Some(i) = self.slots.iter().position(|s| s.0 == key) {
-            self.slots[i].1 -= 1;
-            if self.slots[i].1 == 0 {
-                self.slots.swap_remove(i);
-            }
-        }
-    }
-
-    /// Distinct sources with a live connection.
-    #[cfg(test)]
-    pub fn sources(&self) -> usize {
-        self.slots.len()
-    }
-}
-
 /// The rate windows: per source, and one for everything.
 pub struct Rates {
     slots: heapless::Vec<Window, RATE_SLOTS>,
@@ -269,6 +225,78 @@ impl Rates {
             Ok(())
         } else {
             Err(Refusal::Rate)
+        }
+    }
+}
+
+/// Admission as one call: the policy, the rate windows, and what a refused
+/// client is told.
+pub struct Gate {
+    policy: Policy,
+    rates: Rates,
+    /// Sent to a client refused by a limit, before closing; empty for none.
+    reject_message: Box<[u8]>,
+    /// One "refused" line per interval, whatever the flood.
+    log: LogLimit,
+}
+
+impl Gate {
+    pub fn new(policy: Policy, reject_message: &[u8], now: Instant) -> Gate {
+        Gate {
+            policy,
+            rates: Rates::new(now),
+            reject_message: reject_message.into(),
+            log: LogLimit::default(),
+        }
+    }
+
+    /// The checks, in order: access rules, global rate, rate per source,
+    /// connections per source (`live(key)` is how many the source holds now).
+    /// `Ok(key)` admits, under the key the child is then filed with.
+    pub fn check(
+        &mut self,
+        peer: Option<SocketAddr>,
+        live: impl Fn(u128) -> u32,
+        now: Instant,
+    ) -> Result<u128, Refusal> {
+        let Some(ip) = peer.map(|p| unmap(p.ip())) else {
+            return Ok(0);
+        };
+        let p = &self.policy;
+        let key = p.key(ip);
+        if !p.allows(ip) {
+            return Err(Refusal::Deny);
+        }
+        if p.rate.is_some() || p.global_rate.is_some() {
+            self.rates.admit(p, key, now)?;
+        }
+        if p.max_per_ip > 0 && live(key) >= p.max_per_ip {
+            return Err(Refusal::PerIp);
+        }
+        Ok(key)
+    }
+
+    /// Closes a refused connection: a client over a limit may be told why
+    /// (one non-blocking send: a fresh socket's buffer holds the few bytes,
+    /// and a peer that cannot take them is not waited for); a denied client
+    /// learns nothing. Logs at most one line per interval.
+    pub fn refuse(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, why: Refusal) {
+        if why != Refusal::Deny && !self.reject_message.is_empty() {
+            use nix::sys::socket::MsgFlags;
+            let _ = nix::sys::socket::send(
+                conn.as_raw_fd(),
+                &self.reject_message,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            );
+        }
+        drop(conn);
+        if let Some(held) = self.log.allow(Instant::now()) {
+            crate::log!(
+                Level::Info,
+                "refused {}: {} ({held} similar messages suppressed)",
+                crate::log::PeerIp(peer),
+                why.name()
+            );
         }
     }
 }
@@ -359,21 +387,6 @@ mod tests {
         assert_ne!(p.key(ip("2001:db8:0:1::1")), p.key(ip("2001:db8:0:2::1")));
         assert_eq!(p.key(ip("127.0.0.1")), p.key(ip("::ffff:127.0.0.1")));
         assert_ne!(p.key(ip("127.0.0.1")), p.key(ip("127.0.0.2")));
-    }
-
-    #[test]
-    fn per_ip_edges() {
-        let mut t = PerIp::default();
-        assert!(t.take(1, 2));
-        assert!(t.take(1, 2));
-        assert!(!t.take(1, 2), "N+1 refused");
-        assert!(t.take(2, 2), "another source is unaffected");
-        t.release(1);
-        assert!(t.take(1, 2), "a released slot is reused");
-        t.release(1);
-        t.release(1);
-        t.release(2);
-        assert_eq!(t.sources(), 0, "no slot leaks");
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Test-only (`--features alloc-count`): a global allocator that counts
-//! allocations, so the tests can prove that the child path and the parent's
-//! steady-state loop never touch the heap.
+//! Test-only (`--features alloc-count`): counts allocations, so the tests can
+//! prove that the child path and the parent's steady-state loop never touch
+//! the heap. The allocator that calls [`bump`] is `sys::CountingAlloc` (it
+//! needs `unsafe impl`, which lives in `sys`).
 //!
 //! The counter is a plain static: after `fork` the child has its own copy, so
 //! "allocations since fork" is just the child's count minus the count it
@@ -8,32 +9,25 @@
 //! per allocation, and proves nothing on a board.
 
 use core::sync::atomic::{AtomicUsize, Ordering};
-use std::alloc::{GlobalAlloc, Layout, System};
-
-pub struct Counting;
 
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
-// SAFETY: every call is forwarded to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
+/// One more allocation (or reallocation).
+pub fn bump() {
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Allocations (including reallocations) so far in this process.
 pub fn count() -> usize {
     ALLOCS.load(Ordering::Relaxed)
+}
+
+/// Logs the count since `base`: the tests read these lines.
+pub fn report(who: &str, base: usize) {
+    crate::log!(
+        crate::log::Level::Error,
+        "alloc-check: {who} made {} allocations after {}",
+        count() - base,
+        if who == "child" { "fork" } else { "start-up" }
+    );
 }

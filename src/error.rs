@@ -1,9 +1,10 @@
 //! The one error type of forkecho.
 //!
-//! Every failure the server reports is either a bad command line (`Usage`) or
-//! a failed system call with the address it concerned (`Sys`). Both render as
-//! a single line, which `main` prints and turns into a non-zero exit: no panic,
-//! no backtrace.
+//! Every failure the server reports is a bad command line (`Usage`), a start-up
+//! refused for a reason that is not one failed call (`Start`), or a failed
+//! system call with the address it concerned (`Sys`). Each renders as a single
+//! line, which `main` prints and turns into a non-zero exit: no panic, no
+//! backtrace.
 
 use core::fmt;
 use nix::errno::Errno;
@@ -69,12 +70,7 @@ pub struct Reason(pub Errno);
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The C library's text: musl has its table linked in anyway, so
-        // nix's own copy (`Errno::desc`) would be 3 KB twice over.
-        // SAFETY: strerror returns a pointer to a static, NUL-terminated
-        // string (never freed; this program formats errors on one thread).
-        let text = unsafe { core::ffi::CStr::from_ptr(nix::libc::strerror(self.0 as i32)) };
-        f.write_str(text.to_str().unwrap_or("unknown error"))?;
+        f.write_str(crate::sys::strerror(self.0))?;
         match errno_name(self.0) {
             Some(name) => write!(f, " ({name})"),
             None => write!(f, " (errno {})", self.0 as i32),

@@ -6,14 +6,42 @@
 //! in between) and close-on-exec (nothing this process might exec inherits
 //! them).
 
-use crate::cli::{ListenSpec, DEFAULT_PORT};
 use crate::error::{Error, Result};
+use crate::limits::{DEFAULT_PORT, MAX_LISTENERS};
 use nix::errno::Errno;
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage,
-};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+/// What to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenSpec {
+    pub addr: SocketAddr,
+    /// `IPV6_V6ONLY` for an IPv6 socket: off for the dual-stack default and
+    /// for a lone `[::]:P`; on when an IPv4 address shares the port, so both
+    /// can bind.
+    pub v6only: bool,
+}
+
+/// The bound listeners, in order.
+pub type Listeners = heapless::Vec<Listener, MAX_LISTENERS>;
+
+/// The `--listen` addresses, in order.
+pub type Specs = heapless::Vec<ListenSpec, MAX_LISTENERS>;
+
+/// Sets `v6only` on every spec: an IPv6 wildcard shares its port with IPv4
+/// unless told not to, so when an IPv4 address is also given on that port,
+/// the IPv6 socket is made v6-only and both binds succeed.
+pub fn pair_v6only(specs: &mut Specs) {
+    let v4_ports: heapless::Vec<u16, MAX_LISTENERS> = specs
+        .iter()
+        .filter(|l| l.addr.is_ipv4())
+        .map(|l| l.addr.port())
+        .collect();
+    for l in specs.iter_mut() {
+        l.v6only = l.addr.is_ipv6() && l.addr.port() != 0 && v4_ports.contains(&l.addr.port());
+    }
+}
 
 /// One bound, listening socket and the address it really got (port 0
 /// resolved), which is what the "listening on" line reports.
@@ -43,7 +71,7 @@ pub fn open(spec: ListenSpec, backlog: i32) -> Result<Listener> {
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))
         .map_err(|e| Error::at("cannot bind", addr, e))?;
-    listen(&fd, backlog).map_err(|e| Error::at("cannot listen on", addr, e))?;
+    crate::sys::listen(fd.as_fd(), backlog).map_err(|e| Error::at("cannot listen on", addr, e))?;
     let local = local_addr(&fd).map_err(|e| Error::at("cannot read the address of", addr, e))?;
     Ok(Listener { fd, local })
 }
@@ -71,14 +99,6 @@ pub fn open_default(backlog: i32) -> Result<Listener> {
     }
 }
 
-/// `listen(2)` called directly: nix's `Backlog::new` refuses values above
-/// the C library's `SOMAXCONN` constant, which musl fixes at 128, although the
-/// kernel takes any value and caps it at `net.core.somaxconn` itself.
-fn listen(fd: &OwnedFd, backlog: i32) -> nix::Result<()> {
-    // SAFETY: plain syscall on a descriptor we own.
-    Errno::result(unsafe { nix::libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
-}
-
 /// `getsockname(2)`: the address the kernel actually bound.
 pub fn local_addr(fd: &OwnedFd) -> nix::Result<SocketAddr> {
     let ss: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
@@ -94,39 +114,10 @@ pub fn to_std(ss: &SockaddrStorage) -> Option<SocketAddr> {
     }
 }
 
-/// `accept4(2)` with `SOCK_CLOEXEC | SOCK_NONBLOCK`, returning the peer's
-/// address as well.
-///
-/// nix's `accept4` discards the address, and asking for it later would cost a
-/// `getpeername(2)` per connection; the kernel hands it over here for free.
-/// Non-blocking because the session waits in `poll` with its timeouts; the
-/// flag here saves the child an `fcntl(2)`.
+/// `accept4(2)` with `SOCK_CLOEXEC | SOCK_NONBLOCK`, with the peer's
+/// address (see `sys::accept4`). Non-blocking because the session waits in
+/// `poll` with its timeouts; the flag here saves the child an `fcntl(2)`.
 pub fn accept(listener: &Listener) -> nix::Result<(OwnedFd, Option<SocketAddr>)> {
-    // SAFETY: zeroed sockaddr_storage is a valid "empty" address; the kernel
-    // writes at most `len` bytes into it.
-    let mut storage: nix::libc::sockaddr_storage = unsafe { core::mem::zeroed() };
-    let mut len = core::mem::size_of::<nix::libc::sockaddr_storage>() as nix::libc::socklen_t;
-    // SAFETY: the pointers refer to live locals of the right types and sizes.
-    let fd = unsafe {
-        nix::libc::accept4(
-            listener.fd.as_fd().as_raw_fd(),
-            (&mut storage as *mut nix::libc::sockaddr_storage).cast(),
-            &mut len,
-            nix::libc::SOCK_CLOEXEC | nix::libc::SOCK_NONBLOCK,
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
-    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
-    let peer = unsafe {
-        SockaddrStorage::from_raw(
-            (&storage as *const nix::libc::sockaddr_storage).cast(),
-            Some(len),
-        )
-    }
-    .and_then(|ss| to_std(&ss));
-    Ok((conn, peer))
+    let (conn, peer) = crate::sys::accept4(listener.fd.as_fd())?;
+    Ok((conn, peer.and_then(|ss| to_std(&ss))))
 }

@@ -12,8 +12,12 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, UnixAddr};
+use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::OnceLock;
+use std::time::Instant;
+
+pub use crate::limits::LINE_MAX;
 
 /// How much to say. Ordered: a message is written when its level is at or
 /// below the configured one.
@@ -37,9 +41,6 @@ static SYSLOG: AtomicI32 = AtomicI32::new(-1);
 /// Where the syslog socket is, to reconnect after syslogd restarts. Set
 /// once at start-up; reconnecting then needs no allocation.
 static SYSLOG_ADDR: OnceLock<UnixAddr> = OnceLock::new();
-
-/// Longest line written; longer ones are cut and end with `...`.
-pub const LINE_MAX: usize = 512;
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
@@ -151,8 +152,7 @@ fn send_syslog(fd: RawFd, line: &mut Line) -> bool {
             // The old descriptor is dead; the new one takes its number's
             // place in SYSLOG.
             SYSLOG.store(new, Ordering::Relaxed);
-            // SAFETY: `fd` was ours and is replaced above.
-            unsafe { nix::libc::close(fd) };
+            crate::sys::close_raw(fd);
             socket::send(new, line.as_bytes(), flags).is_ok()
         }
         Err(_) => false,
@@ -195,10 +195,58 @@ pub fn stderr_off() {
 /// `write(2)` on fd 2, once. A failed or short log write is dropped: a closed
 /// stderr must never take the server down, and retrying could block.
 fn write_stderr(bytes: &[u8]) {
-    // SAFETY: fd 2 is borrowed only for this call; if it is closed the call
-    // fails with EBADF, which is ignored.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(2) };
-    let _ = nix::unistd::write(fd, bytes);
+    let _ = crate::sys::write_raw(2, bytes);
+}
+
+/// Rate limit for a recurring line: the first goes out, then at most one per
+/// [`LOG_INTERVAL`](crate::limits::LOG_INTERVAL), saying how many were held
+/// back.
+#[derive(Default)]
+pub struct LogLimit {
+    last: Option<Instant>,
+    suppressed: u32,
+}
+
+impl LogLimit {
+    /// `Some(n)` when a line may go out now (`n` lines were held back).
+    pub fn allow(&mut self, now: Instant) -> Option<u32> {
+        match self.last {
+            Some(t) if now.duration_since(t) < crate::limits::LOG_INTERVAL => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(core::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// A peer address that may be unknown, printed without allocating.
+pub struct PeerDisplay(pub Option<SocketAddr>);
+
+impl fmt::Display for PeerDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str("unknown peer"),
+        }
+    }
+}
+
+/// Just the address of a peer, IPv4 clients of a dual-stack socket written
+/// as IPv4 (`192.0.2.7`, not `::ffff:192.0.2.7`), as the access rules read
+/// them.
+pub struct PeerIp(pub Option<SocketAddr>);
+
+impl fmt::Display for PeerIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(a) => crate::admission::unmap(a.ip()).fmt(f),
+            None => f.write_str("unknown peer"),
+        }
+    }
 }
 
 /// `log!(Level::Info, "listening on {}", addr)` — formats only when enabled.

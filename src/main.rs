@@ -7,25 +7,62 @@
 //! discipline, which this crate keeps: every descriptor closed on the right
 //! side of the fork, every child reaped promptly, no heap after start-up.
 //!
+//! # Data flow
+//! ```text
+//! argv ─ cli ─▶ Config ─ main ─▶ listeners (listener | activation) ─┐
+//!                                                                  ▼
+//!   signals ─ self-pipe ─▶ supervisor: ppoll ─ accept ─ admission::Gate
+//!                             ▲                          │ admitted
+//!                             │ waitpid                  ▼
+//!                          children ◀─ exit status ─ fork ─▶ session (child)
+//! ```
+//!
 //! # Layout
-//! - [`cli`]: command line (argh) and its validation into a `Config`.
-//! - [`listener`]: listening sockets, their options, `accept4` with the peer.
+//! Start-up:
+//! - [`cli`]: command line (argh) into a `Config`, one small step per
+//!   concern; a leaf that builds the domain's types from text.
+//! - [`limits`]: every capacity, range and default, quoted by `cli`'s
+//!   messages and sizing every fixed table.
+//! - [`listener`]: what to listen on (`ListenSpec`, the v6-only pairing),
+//!   listening sockets and their options, `accept` with the peer.
 //! - [`activation`]: socket activation (`LISTEN_FDS`), `--inetd`, readiness
 //!   (`NOTIFY_SOCKET`, `--ready-fd`).
 //! - [`privs`]: `--user`/`--group`/`--chroot` and `PR_SET_NO_NEW_PRIVS`.
-//! - [`supervisor`]: the parent's poll loop — accept, fork, reap, shut down.
-//! - [`admission`]: access rules, rate limits and per-address limits,
-//!   decided between accept and fork.
-//! - [`session`]: the child's echo loop and its `_exit`.
+//!
+//! The parent's loop:
+//! - [`supervisor`]: the `ppoll` loop that sequences the rest — accept,
+//!   admit, fork, reap, shut down.
+//! - [`admission`]: access rules, rate limits, per-source limits as one
+//!   verdict (`Gate::check`), decided between accept and fork.
+//! - [`children`]: the child table with each child's source, the reaper,
+//!   kill-all.
+//! - [`backoff`]: what an `accept` or `fork` failure leads to (retry, the
+//!   reserve descriptor, a pause), never a busy loop.
 //! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
-//! - [`log`]: one-write log lines formatted in fixed storage.
-//! - [`error`]: the one error type, printed as one line.
+//!
+//! The child:
+//! - [`session`]: the descriptor cleanup after fork, the echo loop with its
+//!   limits, and the exit-status protocol (`End::status`/`End::from_status`).
+//!
+//! Everywhere:
+//! - [`log`]: one-write log lines formatted in fixed storage, the rate limit
+//!   for recurring lines, peer formatting.
+//! - [`error`]: the one start-up error type, printed as one line.
+//! - [`sys`]: the only `unsafe` — thin wrappers over raw calls, each with
+//!   why it is sound.
+//! - `alloc_count` (feature `alloc-count`, tests only): the allocation
+//!   counter that proves the child and the loop never allocate.
+
+#![deny(unsafe_code)]
 
 mod activation;
 mod admission;
+mod backoff;
+mod children;
 mod cli;
 mod error;
+mod limits;
 mod listener;
 mod log;
 mod privs;
@@ -33,16 +70,18 @@ mod session;
 mod signals;
 mod stats;
 mod supervisor;
+mod sys;
 
 #[cfg(feature = "alloc-count")]
 mod alloc_count;
 #[cfg(feature = "alloc-count")]
 #[global_allocator]
-static ALLOC: alloc_count::Counting = alloc_count::Counting;
+static ALLOC: sys::CountingAlloc = sys::CountingAlloc;
 
 use crate::error::{Error, Result};
 use crate::log::Level;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     match start() {
@@ -68,13 +107,17 @@ fn start() -> Result<()> {
         .collect::<Result<_>>()?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cfg = match cli::parse(&args)? {
-        cli::Command::Print(text) => {
-            print!("{text}");
-            return Ok(());
-        }
+        cli::Command::Print(text) => return print(&text),
         cli::Command::Run(cfg) => cfg,
     };
     log::set_level(cfg.level);
+    // Descriptors handed over at exec are taken before this process opens
+    // any of its own, so none of ours can be mistaken for one of them.
+    let passed = match cfg.inetd {
+        false => activation::listen_fds()?,
+        true => None,
+    };
+    let ready_fd = cfg.ready_fd.map(activation::take_ready_fd).transpose()?;
     if let Some(path) = &cfg.syslog {
         log::open_syslog(path).map_err(|e| {
             Error::Start(format!(
@@ -84,26 +127,25 @@ fn start() -> Result<()> {
         })?;
         log::stderr_off();
     }
-    if let Some(fd) = cfg.ready_fd {
-        activation::check_ready_fd(fd)?;
-    }
     // Names are looked up now, while /etc/passwd is still in reach.
     let target = privs::resolve(
         cfg.user.as_deref(),
         cfg.group.as_deref(),
         cfg.chroot.as_deref(),
     )?;
-
     if cfg.inetd {
         target.apply()?;
         privs::no_new_privs()?;
-        let status = activation::serve_inetd(&cfg)?;
-        session::exit(status);
+        let end = activation::serve_inetd(activation::Inetd {
+            policy: &cfg.policy,
+            buffer_size: cfg.buffer_size,
+            mode: cfg.echo_mode,
+            limits: cfg.limits,
+        })?;
+        sys::exit(end.status());
     }
-
-    let listeners = match activation::listen_fds()? {
-        Some(passed) if !cfg.listen.is_empty() => {
-            drop(passed);
+    let listeners = match passed {
+        Some(_) if !cfg.listen.is_empty() => {
             return Err(Error::Usage(
                 "--listen and socket activation (LISTEN_FDS) exclude each other".into(),
             ));
@@ -115,8 +157,18 @@ fn start() -> Result<()> {
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
     let pipe = signals::SelfPipe::install()?;
-    let notify = activation::Notify::from_env();
-    let mut sup = supervisor::Supervisor::new(&cfg, listeners, pipe, notify);
+    let readiness = activation::Readiness::new(activation::Notify::from_env(), ready_fd);
+    let gate = admission::Gate::new(cfg.policy.clone(), &cfg.reject_message, Instant::now());
+    let setup = session::Setup {
+        buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
+        mode: cfg.echo_mode,
+        limits: cfg.limits,
+    };
+    let settings = supervisor::Settings {
+        max_children: cfg.max_children,
+        shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
+    };
+    let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;
@@ -125,8 +177,24 @@ fn start() -> Result<()> {
     Ok(())
 }
 
-fn bind(cfg: &cli::Config) -> Result<heapless::Vec<listener::Listener, { cli::MAX_LISTENERS }>> {
-    let mut listeners = heapless::Vec::new();
+/// `--help`/`--version` output on stdout. A full disk or a closed pipe is an
+/// error line (or, for a reader that went away, a quiet exit), never a panic
+/// as `print!` would give.
+fn print(text: &str) -> Result<()> {
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        match sys::write_raw(1, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EPIPE) => sys::exit(1),
+            Err(e) => return Err(Error::sys("cannot write to standard output", e)),
+        }
+    }
+    Ok(())
+}
+
+fn bind(cfg: &cli::Config) -> Result<listener::Listeners> {
+    let mut listeners = listener::Listeners::new();
     if cfg.listen.is_empty() {
         let _ = listeners.push(listener::open_default(cfg.backlog)?);
     } else {
@@ -142,8 +210,7 @@ fn bind(cfg: &cli::Config) -> Result<heapless::Vec<listener::Listener, { cli::MA
 /// into it, and a child's descriptor cleanup would treat it as stdio.
 fn fill_std_fds() {
     for fd in 0..3 {
-        // SAFETY: F_GETFD only asks whether the descriptor is open.
-        if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+        if sys::fd_check(fd).is_err() {
             // open(2) returns the lowest free number: this one.
             let _ = nix::fcntl::open(
                 "/dev/null",

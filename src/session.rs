@@ -15,15 +15,18 @@
 //! a second time.
 
 use crate::error::Reason;
-use crate::log::Level;
+use crate::limits::SPLICE_CHUNK;
+use crate::log::{Level, PeerDisplay};
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, Shutdown};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// How a session ended. The child's exit status encodes it, so the parent
-/// can count the ends without any channel but `waitpid`.
+/// How a session ended. The child's exit status encodes it ([`End::status`]),
+/// and the parent decodes it ([`End::from_status`]), so the ends are counted
+/// without any channel but `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
     /// The peer closed its side; everything was echoed, then we closed ours.
@@ -40,10 +43,10 @@ pub enum End {
 }
 
 /// Exit statuses of a child, one per way a session ends.
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_ERROR: i32 = 1;
-pub const EXIT_IDLE: i32 = 2;
-pub const EXIT_LIFETIME: i32 = 3;
+const EXIT_OK: i32 = 0;
+const EXIT_ERROR: i32 = 1;
+const EXIT_IDLE: i32 = 2;
+const EXIT_LIFETIME: i32 = 3;
 
 impl End {
     fn name(self) -> &'static str {
@@ -66,6 +69,18 @@ impl End {
             End::Lifetime => EXIT_LIFETIME,
         }
     }
+
+    /// The inverse of [`End::status`], as far as the status tells: 0 comes
+    /// back as `Eof` (a reset exits 0 too), any unknown status as an error
+    /// whose errno is not known.
+    pub fn from_status(code: i32) -> End {
+        match code {
+            EXIT_OK => End::Eof,
+            EXIT_IDLE => End::Idle,
+            EXIT_LIFETIME => End::Lifetime,
+            _ => End::Error(Errno::UnknownErrno),
+        }
+    }
 }
 
 /// How the child moves bytes.
@@ -81,6 +96,34 @@ pub enum Mode {
     Splice,
     /// `read(2)`/`write(2)` through the buffer prepared before fork.
     Copy,
+}
+
+impl core::str::FromStr for Mode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Mode, ()> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "splice" => Ok(Mode::Splice),
+            "copy" => Ok(Mode::Copy),
+            _ => Err(()),
+        }
+    }
+}
+
+/// What every child serves with, prepared before the first fork.
+pub struct Setup {
+    /// The echo buffer, allocated once and inherited by every child (only
+    /// copying touches it).
+    pub buf: Box<[u8]>,
+    pub mode: Mode,
+    pub limits: Limits,
+}
+
+impl Setup {
+    pub fn serve(&mut self, conn: BorrowedFd<'_>, peer: Option<SocketAddr>) -> End {
+        run(conn, peer, &mut self.buf, self.mode, self.limits)
+    }
 }
 
 /// The two session limits; `None` is no limit.
@@ -145,31 +188,20 @@ impl Clock {
 
 /// Waits with `poll(2)` until `conn` is ready for `events` (or has an error
 /// or hang-up, which the next read or write reports) or a limit passes.
-fn wait(conn: BorrowedFd<'_>, events: i16, clock: &Clock) -> Result<(), End> {
+fn wait(conn: BorrowedFd<'_>, events: PollFlags, clock: &Clock) -> Result<(), End> {
     loop {
-        let ms = clock.timeout()?;
-        let mut pfd = nix::libc::pollfd {
-            fd: conn.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack.
-        match unsafe { nix::libc::poll(&mut pfd, 1, ms) } {
-            0 => continue, // the loop re-reads the clock and ends the session
-            n if n > 0 => return Ok(()),
-            _ => match Errno::last() {
-                Errno::EINTR => continue,
-                e => return Err(End::Error(e)),
-            },
+        let ms = PollTimeout::try_from(clock.timeout()?).unwrap_or(PollTimeout::NONE);
+        match nix::poll::poll(&mut [PollFd::new(conn, events)], ms) {
+            Ok(0) => continue, // the loop re-reads the clock and ends the session
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(End::Error(e)),
         }
     }
 }
 
-const POLLIN: i16 = nix::libc::POLLIN;
-const POLLOUT: i16 = nix::libc::POLLOUT;
-
-/// Bytes moved per splice: the default pipe capacity (16 pages).
-const SPLICE_CHUNK: usize = 64 * 1024;
+const POLLIN: PollFlags = PollFlags::POLLIN;
+const POLLOUT: PollFlags = PollFlags::POLLOUT;
 
 enum Spliced {
     /// No splice here: the pipe cannot be made, or the first splice failed
@@ -343,23 +375,28 @@ impl core::fmt::Display for Secs {
     }
 }
 
-/// A peer address that may be unknown, printed without allocating.
-pub struct PeerDisplay(pub Option<SocketAddr>);
-
-impl core::fmt::Display for PeerDisplay {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.0 {
-            Some(a) => a.fmt(f),
-            None => f.write_str("unknown peer"),
+/// In the child, right after fork: close every descriptor but 0-2, the
+/// connection and the ones in `keep` (the log's) — the listeners, the
+/// self-pipe, the reserve, the notification socket, and whatever the parent
+/// itself inherited without close-on-exec (a supervisor's pipes, a
+/// jobserver), which no session should pin open. `close_range(2)` closes the
+/// gaps between the kept descriptors; where the kernel lacks it (ENOSYS,
+/// before Linux 5.9) this returns false, and the caller closes the
+/// descriptors it knows of one by one.
+pub fn close_inherited(conn: RawFd, keep: RawFd) -> bool {
+    let mut keep = [conn, keep];
+    keep.sort_unstable();
+    let mut from = 3u32;
+    let mut ok = true;
+    for fd in keep {
+        if fd >= from as i32 {
+            if fd > from as i32 {
+                ok &= crate::sys::close_range(from, fd as u32 - 1).is_ok();
+            }
+            from = fd as u32 + 1;
         }
     }
-}
-
-/// `_exit(2)`: leaves without running atexit handlers or flushing stdio
-/// buffers copied from the parent.
-pub fn exit(status: i32) -> ! {
-    // SAFETY: _exit has no preconditions and never returns.
-    unsafe { nix::libc::_exit(status) }
+    ok & crate::sys::close_range(from, u32::MAX).is_ok()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use core::sync::atomic::{AtomicI32, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::PollFd;
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{self, SaFlags, SigSet, SigmaskHow, Signal};
 use nix::sys::time::TimeSpec;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
@@ -64,15 +64,8 @@ impl SelfPipe {
         // No SA_RESTART: poll is never restarted anyway, and nothing else in
         // the parent blocks with the signals unblocked.
         // SA_NOCLDSTOP: a stopped child is not an exited one.
-        let act = SigAction::new(
-            SigHandler::Handler(on_signal),
-            SaFlags::SA_NOCLDSTOP,
-            SigSet::empty(),
-        );
         for sig in HANDLED {
-            // SAFETY: the handler only calls write(2) and touches errno, both
-            // async-signal-safe.
-            unsafe { signal::sigaction(sig, &act) }
+            crate::sys::set_handler(sig, on_signal, SaFlags::SA_NOCLDSTOP)
                 .map_err(|e| Error::sys("cannot install a signal handler", e))?;
         }
         ignore_sigpipe()?;
@@ -109,10 +102,8 @@ impl SelfPipe {
     /// a vanished peer must end the session with EPIPE.
     pub fn reset_in_child(&self) {
         PIPE_WRITE.store(-1, Ordering::Relaxed);
-        let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
         for sig in [Signal::SIGTERM, Signal::SIGINT] {
-            // SAFETY: SIG_DFL runs no code of ours.
-            let _ = unsafe { signal::sigaction(sig, &dfl) };
+            let _ = crate::sys::set_disposition(sig, false);
         }
         let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.wait_mask), None);
     }
@@ -158,20 +149,16 @@ impl SelfPipe {
 /// with `EPIPE`, not kill the process. (Inetd mode; the server does this in
 /// `SelfPipe::install`.)
 pub fn ignore_sigpipe() -> Result<()> {
-    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-    // SAFETY: SIG_IGN runs no code.
-    unsafe { signal::sigaction(Signal::SIGPIPE, &ignore) }
-        .map(drop)
+    crate::sys::set_disposition(Signal::SIGPIPE, true)
         .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))
 }
 
-extern "C" fn on_signal(sig: nix::libc::c_int) {
+extern "C" fn on_signal(sig: i32) {
     // The handler interrupts code that may inspect errno right after.
     let saved = Errno::last_raw();
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
-    let byte = sig as u8;
-    // SAFETY: write(2) is async-signal-safe; a full pipe (EAGAIN) already
-    // holds a wakeup, so losing this byte loses nothing.
-    unsafe { nix::libc::write(fd, (&byte as *const u8).cast(), 1) };
+    // A full pipe (EAGAIN) already holds a wakeup: losing this byte loses
+    // nothing.
+    let _ = crate::sys::write_raw(fd, &[sig as u8]);
     Errno::set_raw(saved);
 }

@@ -2,16 +2,18 @@
 //! for. Plain integers in a fixed struct: counting never allocates, and the
 //! status line is formatted into the log's fixed storage.
 
+use crate::admission::Refusal;
 use core::fmt;
 
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Stats {
     /// Connections accepted and handed to a child.
     pub accepted: u64,
-    /// Children reaped that exited with status 0 (echo done, or the peer
+    /// Children reaped that ended with status 0 (echo done, or the peer
     /// reset: the ways a client may leave).
     pub exited_ok: u64,
-    /// Children reaped that exited with a non-zero status (a session error).
+    /// Children reaped that exited with the error status (a session error;
+    /// the two limits have their own counters below).
     pub exited_error: u64,
     /// Sessions ended by `--idle-timeout`.
     pub idle_timeout: u64,
@@ -20,13 +22,16 @@ pub struct Stats {
     /// Children reaped that a signal ended.
     pub killed: u64,
     /// Times the loop reached `--max-children` and stopped accepting (new
-    /// clients then wait in the kernel backlog).
+    /// clients then wait in the kernel backlog); once per episode, not per
+    /// turn at the cap.
     pub cap_reached: u64,
-    /// Connections refused, by reason: the access rules, `--global-rate`,
-    /// `--rate`, `--max-per-ip`.
+    /// Connections refused by the access rules (`--allow`/`--deny`).
     pub refused_deny: u64,
+    /// Connections refused by `--global-rate`.
     pub refused_global_rate: u64,
+    /// Connections refused by `--rate` (per source).
     pub refused_rate: u64,
+    /// Connections refused by `--max-per-ip`.
     pub refused_per_ip: u64,
     /// `fork` failures (the connection was closed).
     pub fork_failed: u64,
@@ -39,6 +44,18 @@ pub struct Stats {
     /// `accept` errors that paused the listeners (EMFILE/ENFILE without a
     /// reserve, ENOBUFS, ENOMEM, anything unexpected).
     pub accept_paused: u64,
+}
+
+impl Stats {
+    /// One more refusal, under its reason.
+    pub fn refused(&mut self, why: Refusal) {
+        *match why {
+            Refusal::Deny => &mut self.refused_deny,
+            Refusal::GlobalRate => &mut self.refused_global_rate,
+            Refusal::Rate => &mut self.refused_rate,
+            Refusal::PerIp => &mut self.refused_per_ip,
+        } += 1;
+    }
 }
 
 /// The status line: `active=` is the live children, the rest are totals

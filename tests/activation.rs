@@ -30,21 +30,14 @@ fn activator(args: &[&str], port: u16, server_args: &[&str]) -> Server {
     srv
 }
 
-fn echo_once(srv: &Server, payload: &[u8]) {
-    let mut s = srv.connect();
-    s.write_all(payload).unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_to_eof_within(&mut s, SOON), payload);
-}
-
 #[test]
 fn socket_activation_serves_the_passed_socket() {
     let port = free_port();
     let mut srv = activator(&[], port, &["-v"]);
     // The first client makes the activator exec forkecho, which finds the
     // client waiting on the passed socket.
-    echo_once(&srv, b"activated");
-    echo_once(&srv, b"again");
+    round_trip(&srv, b"activated");
+    round_trip(&srv, b"again");
     assert_eq!(
         srv.wait_log_count(&format!("listening on 127.0.0.1:{port}"), 1, SOON),
         1,
@@ -93,9 +86,7 @@ fn bad_socket_activation_environment_is_one_clear_line() {
         ),
     ] {
         let (code, err) = via_shell(script, &[]);
-        assert_eq!(code, Some(1), "{script}: {err}");
-        assert_eq!(err.lines().count(), 1, "{script}: {err}");
-        assert!(err.contains(want), "{script}: {err}");
+        assert_one_line(code, &err, 1, &[want], script);
     }
 }
 
@@ -111,9 +102,9 @@ fn listen_fds_for_another_process_are_ignored() {
 fn inetd_mode_serves_one_connection_per_process() {
     let port = free_port();
     let srv = activator(&["--inetd", "--accept"], port, &["--inetd", "-v"]);
-    echo_once(&srv, b"first");
+    round_trip(&srv, b"first");
     let all: Vec<u8> = (0..=255u8).collect();
-    echo_once(&srv, &all);
+    round_trip(&srv, &all);
     assert_eq!(
         srv.wait_log_count("ended (eof)", 2, SOON),
         2,
@@ -172,15 +163,16 @@ fn inetd_mode_applies_the_access_rules() {
 
 #[test]
 fn inetd_mode_refuses_what_it_cannot_do() {
-    let (st, _, err) = run_to_end(&["--inetd"]);
-    assert_eq!(st.code(), Some(1), "{err}");
-    assert!(
-        err.contains("--inetd: descriptor 0 is not a connected socket"),
-        "{err}"
+    assert_one_line_error(
+        &["--inetd"],
+        1,
+        &["--inetd: descriptor 0 is not a connected socket"],
     );
-    let (st, _, err) = run_to_end(&["--inetd", "--rate", "1/1"]);
-    assert_eq!(st.code(), Some(2), "{err}");
-    assert!(err.contains("--rate needs the listening server"), "{err}");
+    assert_one_line_error(
+        &["--inetd", "--rate", "1/1"],
+        2,
+        &["--rate needs the listening server"],
+    );
 }
 
 #[test]
@@ -244,10 +236,9 @@ fn ready_fd_gets_the_port_and_is_closed() {
 
 #[test]
 fn ready_fd_must_be_open() {
-    let (st, _, err) = run_to_end(&["--listen", "127.0.0.1:0", "--ready-fd", "9"]);
-    assert_eq!(st.code(), Some(1), "{err}");
-    assert!(
-        err.contains("--ready-fd 9: Bad file descriptor (EBADF)"),
-        "{err}"
+    assert_one_line_error(
+        &["--listen", "127.0.0.1:0", "--ready-fd", "9"],
+        1,
+        &["--ready-fd 9: Bad file descriptor (EBADF)"],
     );
 }

@@ -5,17 +5,6 @@ mod common;
 use common::*;
 use std::net::TcpListener;
 
-fn assert_one_line_error(args: &[&str], code: i32, needles: &[&str]) {
-    let (st, out, err) = run_to_end(args);
-    assert_eq!(st.code(), Some(code), "{args:?}: stderr {err:?}");
-    assert_eq!(out, "", "{args:?} wrote to stdout");
-    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
-    assert!(!err.contains("panicked"), "{args:?}: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
-    }
-}
-
 #[test]
 fn bad_values_give_one_line_and_exit_2() {
     assert_one_line_error(

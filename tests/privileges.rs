@@ -102,27 +102,22 @@ fn chroots_before_dropping() {
 
 #[test]
 fn a_failed_drop_stops_the_server_before_it_serves() {
-    let (st, _, err) = run_to_end(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--chroot",
-        "/nonexistent-forkecho",
-    ]);
-    assert_eq!(st.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("--chroot /nonexistent-forkecho: No such file or directory (ENOENT)"),
-        "{err}"
+    assert_one_line_error(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--chroot",
+            "/nonexistent-forkecho",
+        ],
+        1,
+        &["--chroot /nonexistent-forkecho: No such file or directory (ENOENT)"],
     );
-    let (st, _, err) = run_to_end(&["--user", "no-such-user-forkecho"]);
-    assert_eq!(st.code(), Some(2), "{err}");
-    assert!(
-        err.contains("--user no-such-user-forkecho: no such user"),
-        "{err}"
+    assert_one_line_error(
+        &["--user", "no-such-user-forkecho"],
+        2,
+        &["--user no-such-user-forkecho: no such user"],
     );
-    let (st, _, err) = run_to_end(&["--user", "4242"]);
-    assert_eq!(st.code(), Some(2), "{err}");
-    assert!(err.contains("add --group"), "{err}");
+    assert_one_line_error(&["--user", "4242"], 2, &["add --group"]);
 }
 
 #[test]

@@ -71,11 +71,9 @@ fn lines_go_to_syslog_with_priorities_and_survive_a_restart() {
 
 #[test]
 fn a_missing_syslog_socket_is_one_clear_line() {
-    let (st, _, err) = run_to_end(&["--syslog", "--syslog-socket", "/nonexistent-forkecho/log"]);
-    assert_eq!(st.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("--syslog: cannot connect to /nonexistent-forkecho/log: No such file or directory (ENOENT)"),
-        "{err}"
+    assert_one_line_error(
+        &["--syslog", "--syslog-socket", "/nonexistent-forkecho/log"],
+        1,
+        &["--syslog: cannot connect to /nonexistent-forkecho/log: No such file or directory (ENOENT)"],
     );
 }

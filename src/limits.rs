@@ -1,0 +1,66 @@
+//! Every capacity, range and default in one place.
+//!
+//! Capacities size the fixed tables (nothing grows after start-up), so they
+//! are compile-time constants; ranges bound what the command line accepts and
+//! are quoted by its error messages, so the text and the check cannot drift.
+
+use core::ops::RangeInclusive;
+use std::time::Duration;
+
+/// Most listening addresses served by one process.
+pub const MAX_LISTENERS: usize = 16;
+/// Size of the child table; `--max-children` may not exceed it. 1024 live
+/// processes is far past what a small board can hold.
+pub const MAX_CHILDREN: usize = 1024;
+/// Most `--allow`/`--deny` rules.
+pub const MAX_RULES: usize = 32;
+/// Sources whose rate window is tracked at once. When all are in use and
+/// none has expired, the oldest window is recycled: a flood from more
+/// sources than this weakens the per-source limit, which is what
+/// `--global-rate` is for.
+pub const RATE_SLOTS: usize = 256;
+
+/// The port of the default listener (7 needs root; 7007 does not).
+pub const DEFAULT_PORT: u16 = 7007;
+
+/// `--max-children`.
+pub const CHILDREN: RangeInclusive<u32> = 1..=MAX_CHILDREN as u32;
+pub const DEFAULT_CHILDREN: u32 = 64;
+/// `--backlog`.
+pub const BACKLOG: RangeInclusive<u32> = 1..=65535;
+pub const DEFAULT_BACKLOG: u32 = 128;
+/// `--buffer-size`.
+pub const BUFFER: RangeInclusive<u32> = 512..=1 << 20;
+pub const DEFAULT_BUFFER: u32 = 65536;
+/// `--idle-timeout` and `--max-session` (0: no limit).
+pub const SESSION_SECS: RangeInclusive<u32> = 0..=86_400;
+pub const DEFAULT_IDLE_SECS: u32 = 60;
+pub const DEFAULT_SESSION_SECS: u32 = 900;
+/// `--shutdown-timeout`.
+pub const SHUTDOWN_SECS: RangeInclusive<u32> = 0..=3600;
+pub const DEFAULT_SHUTDOWN_SECS: u32 = 5;
+/// `--ipv6-prefix`.
+pub const IPV6_PREFIX: RangeInclusive<u32> = 1..=128;
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// The N and SECS of `--rate N/SECS` and `--global-rate N/SECS`.
+pub const RATE_N: RangeInclusive<u32> = 1..=1_000_000;
+pub const RATE_SECS: RangeInclusive<u32> = 1..=86_400;
+/// `--reject-message`: at most this many bytes (at least one) before the CRLF.
+pub const REJECT_MESSAGE_MAX: usize = 200;
+/// `--ready-fd`: any descriptor but 0 (stdin) and 2 (the log).
+pub const READY_FD: RangeInclusive<i32> = 1..=65535;
+
+/// Most connections accepted from one listener per turn, so one busy listener
+/// cannot starve the others or delay reaping.
+pub const ACCEPT_BATCH: usize = 16;
+/// Pause of the listeners after a resource error (fork failure, ENOBUFS,
+/// ENOMEM): long enough to stop a busy loop, short enough to go unnoticed.
+pub const SHORT_PAUSE: Duration = Duration::from_millis(200);
+/// Pause when out of descriptors and the reserve could not be used.
+pub const LONG_PAUSE: Duration = Duration::from_secs(1);
+/// At most one line per kind of recurring error in this interval.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest log line; longer ones are cut and end with `...`.
+pub const LINE_MAX: usize = 512;
+/// Bytes moved per splice: the default pipe capacity (16 pages).
+pub const SPLICE_CHUNK: usize = 64 * 1024;

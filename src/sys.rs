@@ -1,0 +1,192 @@
+//! The one home of `unsafe`: thin wrappers over the raw calls that nix does
+//! not cover the way this server needs, each with the C call it makes and why
+//! it is sound. Everything else in the crate is `#![deny(unsafe_code)]`.
+//!
+//! Raw descriptor numbers enter the safe world only here: [`adopt`] turns a
+//! number handed over at exec (systemd's sockets, `--ready-fd`, inetd's
+//! descriptor 0) into an owned descriptor, and the few calls that must work on
+//! a number that may be closed ([`fd_check`], [`write_raw`], [`close_raw`])
+//! take the number itself, where a closed descriptor is just `EBADF`.
+
+#![allow(unsafe_code)]
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
+use nix::unistd::ForkResult;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `fcntl(fd, F_GETFD)`: `Ok` when `fd` is open. Only reads the flags, so any
+/// number is fine to ask about.
+pub fn fd_check(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: F_GETFD reads the descriptor flags and touches no memory.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) }).map(drop)
+}
+
+/// Takes ownership of a descriptor this process was handed at exec (systemd's
+/// listening sockets, `--ready-fd`, inetd's descriptor 0), after checking
+/// that it is open.
+///
+/// The caller promises that nothing else in the process owns `fd`: these
+/// numbers are taken once, at start-up, before anything of ours could have
+/// been given the same number (an open descriptor is never handed out again).
+pub fn adopt(fd: RawFd) -> Result<OwnedFd, Errno> {
+    fd_check(fd)?;
+    // SAFETY: open (checked above) and, per the caller, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `close(2)` by number, for descriptors whose owner never runs its drop (a
+/// forked child leaves with `_exit`) or that are kept as a plain number (the
+/// syslog socket, shared with signal-free code through an atomic).
+pub fn close_raw(fd: RawFd) {
+    // SAFETY: closes a descriptor the caller owns by number; closing one that
+    // is already closed is EBADF, ignored.
+    unsafe { libc::close(fd) };
+}
+
+/// `close_range(first, last, 0)` (raw syscall: musl has no wrapper). Used in
+/// a child right after fork, whose OwnedFds are never dropped (it ends with
+/// `_exit`), so nothing closes these numbers a second time.
+pub fn close_range(first: u32, last: u32) -> Result<(), Errno> {
+    // SAFETY: closes descriptors only; no memory is passed.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    Errno::result(r).map(drop)
+}
+
+/// `write(2)` on a descriptor number that may be closed (the log on fd 2, the
+/// self-pipe from a signal handler): `EBADF` then, nothing worse.
+/// Async-signal-safe.
+pub fn write_raw(fd: RawFd, bytes: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: the pointer and length describe a live slice.
+    let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// `fstat(2)` both: the same open file (device and inode)? By number, as
+/// for 0 and 2, which are always open (`main` fills closed ones with
+/// /dev/null) but owned by no Rust object.
+pub fn same_file(a: RawFd, b: RawFd) -> bool {
+    let stat = |fd| {
+        // SAFETY: all-zero bytes are a valid `struct stat`; fstat writes one.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: the pointer refers to a live local of the right type.
+        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+        ok.then_some((st.st_dev, st.st_ino))
+    };
+    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `listen(2)` called directly: nix's `Backlog::new` refuses values above
+/// the C library's `SOMAXCONN` constant, which musl fixes at 128, although the
+/// kernel takes any value and caps it at `net.core.somaxconn` itself.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a live descriptor; no memory is passed.
+    Errno::result(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+/// `accept4(2)` with `SOCK_CLOEXEC | SOCK_NONBLOCK`, returning the peer's
+/// address too: nix's `accept4` discards it, and asking later would cost a
+/// `getpeername(2)` per connection.
+pub fn accept4(fd: BorrowedFd<'_>) -> Result<(OwnedFd, Option<SockaddrStorage>), Errno> {
+    // SAFETY: all-zero bytes are a valid sockaddr_storage ("no family").
+    let mut storage: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut len = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the pointers refer to live locals of the right types; the
+    // kernel writes at most `len` bytes.
+    let raw = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if raw < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: accept4 returned a fresh descriptor that nothing else owns.
+    let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: the kernel filled `len` bytes of a sockaddr_storage.
+    let peer = unsafe {
+        SockaddrStorage::from_raw(
+            (&storage as *const libc::sockaddr_storage).cast(),
+            Some(len),
+        )
+    };
+    Ok((conn, peer))
+}
+
+/// `fork(2)`.
+///
+/// Sound here because the server is single-threaded: the child starts with a
+/// consistent heap and no lock held by another thread, and it only uses
+/// memory prepared before fork and its stack anyway.
+pub fn fork() -> Result<ForkResult, Errno> {
+    // SAFETY: see above; callers are the single-threaded parent only.
+    unsafe { nix::unistd::fork() }
+}
+
+/// `_exit(2)`: leaves without running atexit handlers or flushing stdio
+/// buffers copied from the parent.
+pub fn exit(status: i32) -> ! {
+    // SAFETY: _exit has no preconditions and never returns.
+    unsafe { libc::_exit(status) }
+}
+
+/// `strerror(3)`: the C library's text for an error. musl has its table
+/// linked in anyway, so nix's own copy would be 3 KB twice over.
+pub fn strerror(e: Errno) -> &'static str {
+    // SAFETY: strerror returns a pointer to a static, NUL-terminated string,
+    // never freed. musl's table is immutable; glibc may use a per-thread
+    // buffer only for unknown numbers, and this program formats errors on one
+    // thread.
+    let text = unsafe { core::ffi::CStr::from_ptr(libc::strerror(e as i32)) };
+    text.to_str().unwrap_or("unknown error")
+}
+
+/// `sigaction(2)` installing `handler` with `flags` and an empty mask.
+pub fn set_handler(sig: Signal, handler: extern "C" fn(i32), flags: SaFlags) -> Result<(), Errno> {
+    let act = SigAction::new(SigHandler::Handler(handler), flags, SigSet::empty());
+    // SAFETY: every handler this crate installs only calls async-signal-safe
+    // functions (write_raw) and saves and restores errno.
+    unsafe { signal::sigaction(sig, &act) }.map(drop)
+}
+
+/// `sigaction(2)` to `SIG_DFL` or `SIG_IGN`: no code of ours runs.
+pub fn set_disposition(sig: Signal, ignore: bool) -> Result<(), Errno> {
+    let how = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    let act = SigAction::new(how, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL and SIG_IGN run no code of ours.
+    unsafe { signal::sigaction(sig, &act) }.map(drop)
+}
+
+/// The test-only counting allocator (`--features alloc-count`).
+#[cfg(feature = "alloc-count")]
+pub struct CountingAlloc;
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the
+// count is a relaxed atomic add.
+#[cfg(feature = "alloc-count")]
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        crate::alloc_count::bump();
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        crate::alloc_count::bump();
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        crate::alloc_count::bump();
+        std::alloc::System.realloc(ptr, layout, size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
