@@ -124,12 +124,12 @@ zb() {
     fi
 }
 
-# The armv7 size budget (bytes). Every feature of issue 3 (activation modes,
-# privilege drop, syslog, admission control, session timeouts) does not fit
-# the 96 KiB target: the binary measures 119,3xx bytes, so the gate is that
-# plus 5%, as the size issue prescribes (breakdown in the README, "Size").
+# The armv7 size budget (bytes): the measured size plus 2%. The hostile-load
+# work (clean shutdown, eviction at the cap, urgent data, non-blocking log,
+# the signal table) took the binary from 119,192 to 126,824 bytes; the size
+# work of issue 11 brings it down again and lowers this.
 # Size is deterministic for a given toolchain: a gate, not a timing.
-SIZE_BUDGET_ARMV7=125300
+SIZE_BUDGET_ARMV7=129400
 
 # Fails when the armv7 release binary outgrows its budget. Only on the
 # build-std path: the rustup path cannot use the size options above.

@@ -73,6 +73,7 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
             listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
             .and_then(|_| set_nonblocking(owned.as_fd()))
+            .and_then(|()| listener::urgent_inline(&owned))
             .map_err(|e| bad("cannot be set up", Some(e)))?;
         let _ = out.push(Listener { fd: owned, local });
     }
@@ -102,10 +103,11 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
     let peer = listener::to_std(&peer);
     // BSD inetd and busybox put the socket on 0, 1 *and* 2: a log line on
     // stderr would then reach the client in the middle of its echo.
-    if crate::sys::same_file(0, 2) {
+    let id = |fd| crate::sys::file_id(fd).map(|(dev, ino, _)| (dev, ino));
+    if id(0).is_some() && id(0) == id(2) {
         crate::log::stderr_off();
     }
-    crate::signals::ignore_sigpipe()?;
+    let mask = crate::signals::install_for_inetd()?;
     if let Some(ip) = peer.map(|p| crate::admission::unmap(p.ip())) {
         if !cfg.policy.allows(ip) {
             crate::log!(
@@ -117,9 +119,12 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
         }
     }
     set_nonblocking(conn)
-        .map_err(|e| Error::sys("--inetd: cannot make descriptor 0 non-blocking", e))?;
+        .and_then(|()| listener::urgent_inline(&conn))
+        .map_err(|e| Error::sys("--inetd: cannot set up descriptor 0", e))?;
     let mut buf = vec![0u8; cfg.buffer_size];
-    Ok(session::run(conn, peer, &mut buf, cfg.mode, cfg.limits))
+    Ok(session::run(
+        conn, peer, &mut buf, cfg.mode, cfg.limits, mask,
+    ))
 }
 
 /// `fcntl(F_GETFL)` then `fcntl(F_SETFL)` adding `O_NONBLOCK`, keeping the
@@ -181,46 +186,49 @@ impl Readiness {
     }
 }
 
-/// The systemd notification socket (`NOTIFY_SOCKET`), a datagram socket
-/// kept open (close-on-exec) for `READY=1` and, at shutdown, `STOPPING=1`.
+/// The systemd notification socket (`NOTIFY_SOCKET`): a datagram socket
+/// connected at start-up — before any `--chroot` hides the path — and kept
+/// (close-on-exec) for `READY=1` and, at shutdown, `STOPPING=1`.
 pub struct Notify {
     fd: OwnedFd,
-    addr: UnixAddr,
 }
 
 impl Notify {
     /// Reads and removes `NOTIFY_SOCKET` (a path, or `@name` for an
-    /// abstract socket). Problems are logged, not fatal: the service
-    /// manager will notice a missing READY=1 on its own.
+    /// abstract socket) and connects to it. Problems are logged, not fatal:
+    /// the service manager will notice a missing READY=1 on its own.
     pub fn from_env() -> Option<Notify> {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         std::env::remove_var("NOTIFY_SOCKET");
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => UnixAddr::new_abstract(name),
-            None => UnixAddr::new(bytes),
+        let connected = || {
+            let addr = match bytes.strip_prefix(b"@") {
+                Some(name) => UnixAddr::new_abstract(name),
+                None => UnixAddr::new(bytes),
+            }?;
+            let fd = socket::socket(
+                socket::AddressFamily::Unix,
+                socket::SockType::Datagram,
+                socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            socket::connect(fd.as_raw_fd(), &addr)?;
+            Ok::<_, Errno>(fd)
         };
-        let sock = socket::socket(
-            socket::AddressFamily::Unix,
-            socket::SockType::Datagram,
-            socket::SockFlag::SOCK_CLOEXEC,
-            None,
-        );
-        match (addr, sock) {
-            (Ok(addr), Ok(fd)) => Some(Notify { fd, addr }),
-            (Err(e), _) | (_, Err(e)) => {
+        match connected() {
+            Ok(fd) => Some(Notify { fd }),
+            Err(e) => {
                 crate::log!(Level::Error, "NOTIFY_SOCKET unusable: {}", Reason(e));
                 None
             }
         }
     }
 
-    /// `sendto(2)` one state message.
+    /// `send(2)` one state message.
     pub fn send(&self, state: &str) {
-        if let Err(e) = socket::sendto(
+        if let Err(e) = socket::send(
             self.fd.as_raw_fd(),
             state.as_bytes(),
-            &self.addr,
             MsgFlags::MSG_NOSIGNAL,
         ) {
             crate::log!(

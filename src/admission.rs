@@ -107,19 +107,21 @@ struct Window {
 }
 
 impl Window {
-    /// Counts one more connection; false when over the rate. The window
-    /// restarts only once it has passed, so a client over its rate is
-    /// refused until then, and refused attempts do not extend it.
-    fn admit(&mut self, rate: Rate, now: Instant) -> bool {
+    /// Whether one more connection fits now. A window that has passed
+    /// counts as empty.
+    fn fits(&self, rate: Rate, now: Instant) -> bool {
+        now.duration_since(self.start) >= rate.per || self.count < rate.n
+    }
+
+    /// Counts one admitted connection, restarting a window that has passed.
+    /// Only admitted connections count: a client refused by any check
+    /// spends nobody's budget, its own included.
+    fn count(&mut self, rate: Rate, now: Instant) {
         if now.duration_since(self.start) >= rate.per {
             self.start = now;
             self.count = 0;
         }
-        if self.count >= rate.n {
-            return false;
-        }
         self.count += 1;
-        true
     }
 }
 
@@ -193,13 +195,29 @@ impl Rates {
         }
     }
 
-    pub fn admit(&mut self, p: &Policy, key: u128, now: Instant) -> Result<(), Refusal> {
-        if let Some(rate) = p.global_rate {
-            if !self.global.admit(rate, now) {
-                return Err(Refusal::GlobalRate);
+    /// The rate checks, per source first (a flooder is refused for its own
+    /// rate and never reaches the shared one); counts nothing.
+    fn check(&self, p: &Policy, key: u128, now: Instant) -> Result<(), Refusal> {
+        if let Some(rate) = p.rate {
+            if let Some(w) = self.slots.iter().find(|w| w.key == key) {
+                if !w.fits(rate, now) {
+                    return Err(Refusal::Rate);
+                }
             }
         }
-        let Some(rate) = p.rate else { return Ok(()) };
+        match p.global_rate {
+            Some(rate) if !self.global.fits(rate, now) => Err(Refusal::GlobalRate),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts an admitted connection in its source's window and the global
+    /// one.
+    fn count(&mut self, p: &Policy, key: u128, now: Instant) {
+        if let Some(rate) = p.global_rate {
+            self.global.count(rate, now);
+        }
+        let Some(rate) = p.rate else { return };
         let i = match self.slots.iter().position(|w| w.key == key) {
             Some(i) => i,
             None => {
@@ -221,11 +239,15 @@ impl Rates {
                 }
             }
         };
-        if self.slots[i].admit(rate, now) {
-            Ok(())
-        } else {
-            Err(Refusal::Rate)
-        }
+        self.slots[i].count(rate, now);
+    }
+
+    /// Check, and count if admitted.
+    #[cfg(test)]
+    fn admit(&mut self, p: &Policy, key: u128, now: Instant) -> Result<(), Refusal> {
+        self.check(p, key, now)?;
+        self.count(p, key, now);
+        Ok(())
     }
 }
 
@@ -250,30 +272,34 @@ impl Gate {
         }
     }
 
-    /// The checks, in order: access rules, global rate, rate per source,
-    /// connections per source (`live(key)` is how many the source holds now).
-    /// `Ok(key)` admits, under the key the child is then filed with.
+    /// The checks, in order: access rules, connections per source (`live(key)`
+    /// is how many the source holds now), rate per source, global rate. Only
+    /// a connection that passes them all is counted in the rate windows, so a
+    /// refused one spends no budget, the flooder's or anyone else's.
+    /// `Ok(key)` admits, under the key the child is then filed with (`None`:
+    /// the peer's address is unknown, so no per-source limit applies).
     pub fn check(
         &mut self,
         peer: Option<SocketAddr>,
         live: impl Fn(u128) -> u32,
         now: Instant,
-    ) -> Result<u128, Refusal> {
+    ) -> Result<Option<u128>, Refusal> {
         let Some(ip) = peer.map(|p| unmap(p.ip())) else {
-            return Ok(0);
+            return Ok(None);
         };
         let p = &self.policy;
         let key = p.key(ip);
         if !p.allows(ip) {
             return Err(Refusal::Deny);
         }
-        if p.rate.is_some() || p.global_rate.is_some() {
-            self.rates.admit(p, key, now)?;
-        }
         if p.max_per_ip > 0 && live(key) >= p.max_per_ip {
             return Err(Refusal::PerIp);
         }
-        Ok(key)
+        if p.rate.is_some() || p.global_rate.is_some() {
+            self.rates.check(p, key, now)?;
+            self.rates.count(p, key, now);
+        }
+        Ok(Some(key))
     }
 
     /// Closes a refused connection: a client over a limit may be told why
@@ -387,6 +413,43 @@ mod tests {
         assert_ne!(p.key(ip("2001:db8:0:1::1")), p.key(ip("2001:db8:0:2::1")));
         assert_eq!(p.key(ip("127.0.0.1")), p.key(ip("::ffff:127.0.0.1")));
         assert_ne!(p.key(ip("127.0.0.1")), p.key(ip("127.0.0.2")));
+    }
+
+    #[test]
+    fn no_peer_has_a_key_no_address_has() {
+        let mut g = Gate::new(policy(&[]), b"", Instant::now());
+        let now = Instant::now();
+        let none = g.check(None, |_| 0, now).unwrap();
+        let v6 = g
+            .check(Some("[::1]:9".parse().unwrap()), |_| 0, now)
+            .unwrap();
+        assert_eq!(none, None);
+        assert_eq!(v6, Some(0), "::1 in its /64 is key 0, a real key");
+        assert_ne!(none, v6);
+    }
+
+    #[test]
+    fn refusals_spend_no_budget() {
+        let p = Policy {
+            rate: Rate::parse("2/60"),
+            global_rate: Rate::parse("3/60"),
+            max_per_ip: 5,
+            ..policy(&[])
+        };
+        let mut g = Gate::new(p, b"", Instant::now());
+        let now = Instant::now();
+        let a = Some("10.0.0.1:1".parse().unwrap());
+        let b = Some("10.0.0.2:1".parse().unwrap());
+        // The per-source limit refuses first and counts nothing.
+        assert!(g.check(a, |_| 5, now) == Err(Refusal::PerIp));
+        assert!(g.check(a, |_| 0, now).is_ok());
+        assert!(g.check(a, |_| 0, now).is_ok());
+        for _ in 0..10 {
+            assert_eq!(g.check(a, |_| 0, now), Err(Refusal::Rate));
+        }
+        // A's refusals left the global window with 1 of 3 for B.
+        assert!(g.check(b, |_| 0, now).is_ok());
+        assert_eq!(g.check(b, |_| 0, now), Err(Refusal::GlobalRate));
     }
 
     #[test]

@@ -98,6 +98,12 @@ struct Args {
     #[argh(option, default = "limits::DEFAULT_SESSION_SECS")]
     max_session: u32,
 
+    /// at --max-children, end the session idle longest, if idle this many
+    /// seconds or more, to serve a new client (it ends cleanly: FIN after its
+    /// echo), 0..=86400, 0 for never (default 1)
+    #[argh(option, default = "limits::DEFAULT_EVICT_SECS")]
+    evict_after: u32,
+
     /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
     /// 0..=3600 (default 5)
     #[argh(option, default = "limits::DEFAULT_SHUTDOWN_SECS")]
@@ -155,6 +161,8 @@ pub struct Config {
     pub backlog: i32,
     pub buffer_size: usize,
     pub shutdown_timeout_secs: u32,
+    /// `--evict-after`; `None`: never evict.
+    pub evict_after: Option<Duration>,
     pub echo_mode: Mode,
     pub limits: Limits,
     pub policy: Policy,
@@ -218,6 +226,7 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
             args.shutdown_timeout,
             limits::SHUTDOWN_SECS,
         )?,
+        evict_after: secs("--evict-after", args.evict_after, limits::EVICT_SECS)?,
         echo_mode: args.echo.parse().map_err(|()| {
             usage(&format!(
                 "--echo {}: must be auto, splice or copy",
@@ -257,14 +266,16 @@ fn syslog(args: &Args) -> Result<Option<String>> {
 }
 
 fn session_limits(args: &Args) -> Result<Limits> {
-    let secs = |name, v| -> Result<Option<Duration>> {
-        let v = ranged(name, v, limits::SESSION_SECS)?;
-        Ok((v > 0).then(|| Duration::from_secs(v.into())))
-    };
     Ok(Limits {
-        idle: secs("--idle-timeout", args.idle_timeout)?,
-        lifetime: secs("--max-session", args.max_session)?,
+        idle: secs("--idle-timeout", args.idle_timeout, limits::SESSION_SECS)?,
+        lifetime: secs("--max-session", args.max_session, limits::SESSION_SECS)?,
     })
+}
+
+/// Seconds in `range`, 0 meaning "never".
+fn secs(name: &str, v: u32, range: RangeInclusive<u32>) -> Result<Option<Duration>> {
+    let v = ranged(name, v, range)?;
+    Ok((v > 0).then(|| Duration::from_secs(v.into())))
 }
 
 /// The `--listen` addresses, each once, with the v6-only pairing applied.

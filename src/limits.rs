@@ -64,3 +64,10 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub const LINE_MAX: usize = 512;
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 pub const SPLICE_CHUNK: usize = 64 * 1024;
+/// After a stop, how long a peer may stay silent before the child stops
+/// draining its input and closes (see `session::Session::finish`).
+pub const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// `--evict-after`: a session idle this long (or longer) may be ended to
+/// make room for a new client at `--max-children`; 0 never evicts.
+pub const EVICT_SECS: RangeInclusive<u32> = 0..=86_400;
+pub const DEFAULT_EVICT_SECS: u32 = 1;

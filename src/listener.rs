@@ -65,6 +65,7 @@ pub fn open(spec: ListenSpec, backlog: i32) -> Result<Listener> {
         .map_err(|e| Error::at("cannot create a socket for", addr, e))?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
         .map_err(|e| Error::at("cannot set SO_REUSEADDR on", addr, e))?;
+    urgent_inline(&fd).map_err(|e| Error::at("cannot set SO_OOBINLINE on", addr, e))?;
     if addr.is_ipv6() {
         socket::setsockopt(&fd, sockopt::Ipv6V6Only, &spec.v6only)
             .map_err(|e| Error::at("cannot set IPV6_V6ONLY on", addr, e))?;
@@ -74,6 +75,13 @@ pub fn open(spec: ListenSpec, backlog: i32) -> Result<Listener> {
     crate::sys::listen(fd.as_fd(), backlog).map_err(|e| Error::at("cannot listen on", addr, e))?;
     let local = local_addr(&fd).map_err(|e| Error::at("cannot read the address of", addr, e))?;
     Ok(Listener { fd, local })
+}
+
+/// `SO_OOBINLINE`: urgent (`MSG_OOB`) bytes stay in the stream, where the
+/// echo sends them back in order; without it `read` skips them. Accepted
+/// sockets inherit it from the listener, so it costs no call per connection.
+pub fn urgent_inline(fd: &impl AsFd) -> nix::Result<()> {
+    socket::setsockopt(fd, sockopt::OobInline, &true)
 }
 
 /// The default when no `--listen` is given: `[::]:7007` accepting IPv4 too;

@@ -7,9 +7,20 @@
 //! one complete line is atomic enough for a pipe or a journal socket (lines are
 //! far below `PIPE_BUF`). Formatting goes through `core::fmt` into a stack
 //! buffer, so logging never touches the heap — it is safe in a forked child.
+//!
+//! Logging never blocks: a log pipe that nobody reads must not stop the
+//! accept loop (or its signal handling). [`init_stderr`] arranges a
+//! non-blocking way to reach stderr without changing the open file that the
+//! launcher shares (a terminal or a supervisor's pipe): a pipe or terminal is
+//! opened again through `/proc/self/fd/2` with `O_NONBLOCK` and that new
+//! open file takes descriptor 2's place; a socket (the journal) is written
+//! with `MSG_DONTWAIT`; a regular file as it is. A line
+//! that cannot be written whole is dropped and counted in the page shared
+//! with the children (`shared`); the parent says how many once it can write
+//! again, and the status line carries the total.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU8, Ordering};
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, UnixAddr};
 use std::net::SocketAddr;
@@ -34,8 +45,14 @@ pub enum Level {
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 /// Whether lines go to stderr (off in inetd mode when stderr is the
-/// client's socket, and with `--syslog`).
+/// client's socket; with `--syslog`, the fallback for a line syslog refused).
 static STDERR: AtomicBool = AtomicBool::new(true);
+/// Whether stderr is a socket (written with `send(MSG_DONTWAIT)`).
+static STDERR_SOCKET: AtomicBool = AtomicBool::new(false);
+/// Set in the parent only: it reports dropped lines once it can write.
+static REPORTER: AtomicBool = AtomicBool::new(false);
+/// The dropped-line total the parent last reported.
+static REPORTED: AtomicU32 = AtomicU32::new(0);
 /// The connected syslog socket, or -1.
 static SYSLOG: AtomicI32 = AtomicI32::new(-1);
 /// Where the syslog socket is, to reconnect after syslogd restarts. Set
@@ -124,14 +141,41 @@ pub fn emit(level: Level, args: fmt::Arguments<'_>) {
         };
         let _ = write!(line, "<{}>", 24 + severity);
     }
+    let body = line.len;
     let _ = write!(line, "forkecho[{}]: ", nix::unistd::getpid());
     let _ = line.write_fmt(args);
     if syslog >= 0 && send_syslog(syslog, &mut line) {
         return;
     }
-    if STDERR.load(Ordering::Relaxed) {
-        write_stderr(line.finish());
+    if !STDERR.load(Ordering::Relaxed) {
+        crate::shared::log_dropped();
+    } else if write_stderr(&line.finish()[body..]) {
+        report_dropped();
     }
+}
+
+/// In the parent, after a line went out: if lines were dropped since the
+/// last report, one line saying how many.
+fn report_dropped() {
+    if !REPORTER.load(Ordering::Relaxed) {
+        return;
+    }
+    let total = crate::shared::dropped_total();
+    let reported = REPORTED.swap(total, Ordering::Relaxed);
+    if total != reported {
+        emit(
+            Level::Error,
+            format_args!(
+                "{} log lines dropped: the log was not being read",
+                total.wrapping_sub(reported)
+            ),
+        );
+    }
+}
+
+/// Makes this process the one that reports dropped lines (the parent).
+pub fn report_drops_here() {
+    REPORTER.store(true, Ordering::Relaxed);
 }
 
 /// One datagram; on a broken connection (syslogd restarted) reconnect once
@@ -192,10 +236,44 @@ pub fn stderr_off() {
     STDERR.store(false, Ordering::Relaxed);
 }
 
-/// `write(2)` on fd 2, once. A failed or short log write is dropped: a closed
-/// stderr must never take the server down, and retrying could block.
-fn write_stderr(bytes: &[u8]) {
-    let _ = crate::sys::write_raw(2, bytes);
+/// One non-blocking write of a whole line to stderr; false (and counted)
+/// when it did not go out whole: a closed or full stderr must never take the
+/// server down, and retrying could block.
+fn write_stderr(bytes: &[u8]) -> bool {
+    let fd = 2;
+    let sent = if STDERR_SOCKET.load(Ordering::Relaxed) {
+        socket::send(fd, bytes, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL)
+    } else {
+        crate::sys::write_raw(fd, bytes)
+    };
+    let whole = sent == Ok(bytes.len());
+    if !whole {
+        crate::shared::log_dropped();
+    }
+    whole
+}
+
+/// Arranges non-blocking writes to stderr (see the module doc). At
+/// start-up, before any chroot hides /proc.
+pub fn init_stderr() {
+    use nix::sys::stat::SFlag;
+    let Some((_, _, mode)) = crate::sys::file_id(2) else {
+        return;
+    };
+    match SFlag::from_bits_truncate(mode as _) & SFlag::S_IFMT {
+        SFlag::S_IFSOCK => STDERR_SOCKET.store(true, Ordering::Relaxed),
+        SFlag::S_IFREG => {}
+        _ => {
+            use nix::fcntl::OFlag;
+            let flags = OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+            let mode = nix::sys::stat::Mode::empty();
+            // Where /proc is missing the writes stay blocking: better than
+            // changing a terminal's flags under the shell that owns it.
+            if let Ok(fd) = nix::fcntl::open("/proc/self/fd/2", flags, mode) {
+                let _ = nix::unistd::dup2_stderr(fd);
+            }
+        }
+    }
 }
 
 /// Rate limit for a recurring line: the first goes out, then at most one per
@@ -223,13 +301,15 @@ impl LogLimit {
     }
 }
 
-/// A peer address that may be unknown, printed without allocating.
+/// A peer address that may be unknown, printed without allocating; an IPv4
+/// client of a dual-stack socket as IPv4 (`192.0.2.7:5000`), the same in
+/// every line.
 pub struct PeerDisplay(pub Option<SocketAddr>);
 
 impl fmt::Display for PeerDisplay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(a) => a.fmt(f),
+            Some(a) => SocketAddr::new(crate::admission::unmap(a.ip()), a.port()).fmt(f),
             None => f.write_str("unknown peer"),
         }
     }

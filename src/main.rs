@@ -67,6 +67,7 @@ mod listener;
 mod log;
 mod privs;
 mod session;
+mod shared;
 mod signals;
 mod stats;
 mod supervisor;
@@ -80,6 +81,7 @@ static ALLOC: sys::CountingAlloc = sys::CountingAlloc;
 
 use crate::error::{Error, Result};
 use crate::log::Level;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -97,7 +99,6 @@ fn main() -> ExitCode {
 }
 
 fn start() -> Result<()> {
-    fill_std_fds();
     let args: Vec<String> = std::env::args_os()
         .skip(1)
         .map(|a| {
@@ -112,12 +113,22 @@ fn start() -> Result<()> {
     };
     log::set_level(cfg.level);
     // Descriptors handed over at exec are taken before this process opens
-    // any of its own, so none of ours can be mistaken for one of them.
+    // any of its own (even /dev/null onto a closed 0-2), so none of ours can
+    // be mistaken for one of them, nor they for each other.
     let passed = match cfg.inetd {
         false => activation::listen_fds()?,
         true => None,
     };
-    let ready_fd = cfg.ready_fd.map(activation::take_ready_fd).transpose()?;
+    let ready_fd = match cfg.ready_fd {
+        Some(fd) if passed.iter().flatten().any(|l| l.fd.as_raw_fd() == fd) => {
+            return Err(Error::Usage(format!(
+                "--ready-fd {fd}: is a socket passed by LISTEN_FDS"
+            )));
+        }
+        fd => fd.map(activation::take_ready_fd).transpose()?,
+    };
+    fill_std_fds();
+    log::init_stderr();
     if let Some(path) = &cfg.syslog {
         log::open_syslog(path).map_err(|e| {
             Error::Start(format!(
@@ -125,7 +136,6 @@ fn start() -> Result<()> {
                 error::Reason(e)
             ))
         })?;
-        log::stderr_off();
     }
     // Names are looked up now, while /etc/passwd is still in reach.
     let target = privs::resolve(
@@ -142,7 +152,7 @@ fn start() -> Result<()> {
             mode: cfg.echo_mode,
             limits: cfg.limits,
         })?;
-        sys::exit(end.status());
+        sys::exit(end.inetd_status());
     }
     let listeners = match passed {
         Some(_) if !cfg.listen.is_empty() => {
@@ -163,11 +173,20 @@ fn start() -> Result<()> {
         buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
         mode: cfg.echo_mode,
         limits: cfg.limits,
+        slot: 0,
     };
     let settings = supervisor::Settings {
         max_children: cfg.max_children,
+        evict_after: cfg.evict_after,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
     };
+    if let Err(e) = shared::map() {
+        log!(
+            Level::Error,
+            "cannot map the shared page, idle sessions will not be evicted: {}",
+            error::Reason(e)
+        );
+    }
     let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;

@@ -1,7 +1,7 @@
 //! The echo session, run in the forked child (or, with `--inetd`, in the
 //! only process).
 //!
-//! The connection is non-blocking and every wait is a `poll(2)` with a
+//! The connection is non-blocking and every wait is a `ppoll(2)` with a
 //! timeout, so the two session limits hold whatever the peer does:
 //! `--idle-timeout` (nothing received or sent for that long; a peer that
 //! stops reading stalls our writes and counts as idle too) and
@@ -9,17 +9,29 @@
 //! bound writes as well as reads, and QEMU user mode cannot read that
 //! option back.
 //!
+//! Every byte comes back in order, urgent (`MSG_OOB`) ones too: the sockets
+//! carry `SO_OOBINLINE`, so the urgent byte sits in the stream; `splice`
+//! stops at the urgent mark, which the loop notices (readable, yet nothing
+//! spliced) and copies past once with `read`.
+//!
+//! A stop signal (SIGTERM, SIGINT: shutdown, or the parent making room) ends
+//! the session cleanly: what was read is echoed, then FIN, then the peer's
+//! further input is read and discarded until it closes or goes quiet, so
+//! the kernel has nothing unread at close and sends no RST.
+//!
 //! Everything here works on memory prepared before fork (the buffer) or on the
 //! stack; nothing allocates. The child never returns: it ends with `_exit(2)`
 //! so no exit handler runs and no buffer inherited from the parent is flushed
 //! a second time.
 
 use crate::error::Reason;
-use crate::limits::SPLICE_CHUNK;
+use crate::limits::{DRAIN_QUIET, SPLICE_CHUNK};
 use crate::log::{Level, PeerDisplay};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, Shutdown};
+use nix::sys::signal::SigSet;
+use nix::sys::socket::{self, MsgFlags, Shutdown};
+use nix::sys::time::TimeSpec;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -38,6 +50,8 @@ pub enum End {
     Idle,
     /// `--max-session` passed.
     Lifetime,
+    /// A stop signal ended it cleanly (shutdown, or eviction at the cap).
+    Stopped,
     /// Any other error: worth a log line.
     Error(Errno),
 }
@@ -47,6 +61,7 @@ const EXIT_OK: i32 = 0;
 const EXIT_ERROR: i32 = 1;
 const EXIT_IDLE: i32 = 2;
 const EXIT_LIFETIME: i32 = 3;
+const EXIT_STOPPED: i32 = 4;
 
 impl End {
     fn name(self) -> &'static str {
@@ -55,18 +70,32 @@ impl End {
             End::Reset => "reset",
             End::Idle => "idle timeout",
             End::Lifetime => "session lifetime",
+            End::Stopped => "stopped",
             End::Error(_) => "error",
         }
     }
 
     /// The child's exit status: 0 for the ways a client may leave, 1 for a
-    /// real error (the only one the parent logs), 2 and 3 for the limits.
+    /// real error (the only one the parent logs), 2 and 3 for the limits, 4
+    /// for a stop. Private to parent and child: `--inetd` exits with
+    /// [`End::inetd_status`].
     pub fn status(self) -> i32 {
         match self {
             End::Eof | End::Reset => EXIT_OK,
             End::Error(_) => EXIT_ERROR,
             End::Idle => EXIT_IDLE,
             End::Lifetime => EXIT_LIFETIME,
+            End::Stopped => EXIT_STOPPED,
+        }
+    }
+
+    /// `--inetd`'s exit status: 0 whenever the session ended as sessions do
+    /// (the peer left, a limit, a stop), 1 on an error. A service manager
+    /// reads non-zero as a failed instance, and 2 is the usage-error status.
+    pub fn inetd_status(self) -> i32 {
+        match self {
+            End::Error(_) => EXIT_ERROR,
+            _ => EXIT_OK,
         }
     }
 
@@ -78,6 +107,7 @@ impl End {
             EXIT_OK => End::Eof,
             EXIT_IDLE => End::Idle,
             EXIT_LIFETIME => End::Lifetime,
+            EXIT_STOPPED => End::Stopped,
             _ => End::Error(Errno::UnknownErrno),
         }
     }
@@ -118,11 +148,21 @@ pub struct Setup {
     pub buf: Box<[u8]>,
     pub mode: Mode,
     pub limits: Limits,
+    /// The child's slot in the shared activity table (set before each fork).
+    pub slot: usize,
 }
 
 impl Setup {
-    pub fn serve(&mut self, conn: BorrowedFd<'_>, peer: Option<SocketAddr>) -> End {
-        run(conn, peer, &mut self.buf, self.mode, self.limits)
+    /// Serves one connection; `mask` is the signal mask to wait with.
+    pub fn serve(&mut self, conn: BorrowedFd<'_>, peer: Option<SocketAddr>, mask: SigSet) -> End {
+        let mut s = Session {
+            conn,
+            buf: &mut self.buf,
+            clock: Clock::new(self.limits, Some(self.slot)),
+            mask,
+            unchecked: 0,
+        };
+        s.run(peer, self.mode)
     }
 }
 
@@ -133,26 +173,33 @@ pub struct Limits {
     pub lifetime: Option<Duration>,
 }
 
-/// The session's clock: when it started and when a byte last moved.
+/// The session's clock: when it started and when a byte last moved. Each
+/// move is also posted to the child's slot in the shared table, which is how
+/// the parent tells idle sessions from busy ones.
 struct Clock {
     limits: Limits,
     start: Instant,
     last: Instant,
+    slot: Option<usize>,
 }
 
 impl Clock {
-    fn new(limits: Limits) -> Clock {
+    fn new(limits: Limits, slot: Option<usize>) -> Clock {
         let now = Instant::now();
         Clock {
             limits,
             start: now,
             last: now,
+            slot,
         }
     }
 
     fn touch(&mut self) {
         if self.limits.idle.is_some() {
             self.last = Instant::now();
+        }
+        if let Some(slot) = self.slot {
+            crate::shared::touch(slot);
         }
     }
 
@@ -186,23 +233,18 @@ impl Clock {
     }
 }
 
-/// Waits with `poll(2)` until `conn` is ready for `events` (or has an error
-/// or hang-up, which the next read or write reports) or a limit passes.
-fn wait(conn: BorrowedFd<'_>, events: PollFlags, clock: &Clock) -> Result<(), End> {
-    loop {
-        let ms = PollTimeout::try_from(clock.timeout()?).unwrap_or(PollTimeout::NONE);
-        match nix::poll::poll(&mut [PollFd::new(conn, events)], ms) {
-            Ok(0) => continue, // the loop re-reads the clock and ends the session
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(End::Error(e)),
-        }
-    }
+/// A session in progress.
+struct Session<'a> {
+    conn: BorrowedFd<'a>,
+    buf: &'a mut [u8],
+    clock: Clock,
+    /// The signal mask to wait with: it unblocks the stop signals.
+    mask: SigSet,
+    /// Bytes moved since the last look for a pending stop signal.
+    unchecked: usize,
 }
 
-const POLLIN: PollFlags = PollFlags::POLLIN;
-const POLLOUT: PollFlags = PollFlags::POLLOUT;
-
+/// What a splice session came to.
 enum Spliced {
     /// No splice here: the pipe cannot be made, or the first splice failed
     /// with `EINVAL`/`ENOSYS` before any byte moved. Copy instead; the peer
@@ -214,94 +256,247 @@ enum Spliced {
     Bulk(u64),
 }
 
-/// `splice(2)` socket -> pipe -> socket, both directions non-blocking
-/// (`SPLICE_F_NONBLOCK` for the pipe, `O_NONBLOCK` on the socket), with
-/// `poll` in between.
-fn echo_splice(conn: BorrowedFd<'_>, until_bulk: bool, clock: &mut Clock) -> Spliced {
-    use nix::fcntl::{splice, OFlag, SpliceFFlags};
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let Ok((pr, pw)) = nix::unistd::pipe2(OFlag::O_CLOEXEC) else {
-        return Spliced::Unavailable;
-    };
-    let mut total = 0u64;
-    loop {
-        let n = match splice(conn, None, &pw, None, SPLICE_CHUNK, flags) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::EAGAIN) => match wait(conn, POLLIN, clock) {
-                Ok(()) => continue,
-                Err(end) => return Spliced::Done(end, total),
+const POLLIN: PollFlags = PollFlags::POLLIN;
+const POLLOUT: PollFlags = PollFlags::POLLOUT;
+
+impl Session<'_> {
+    /// Runs the session and logs its end: an error always; with `-v` one
+    /// line with the peer, the bytes echoed, the duration and how it ended.
+    fn run(&mut self, peer: Option<SocketAddr>, mode: Mode) -> End {
+        let (mut end, bytes) = self.echo(mode);
+        if end == End::Stopped {
+            end = self.finish();
+        }
+        let peer = PeerDisplay(peer);
+        let took = Secs(self.clock.start.elapsed());
+        match end {
+            End::Error(e) => crate::log!(
+                Level::Error,
+                "connection from {peer} failed after {bytes} bytes in {took}: {}",
+                Reason(e)
+            ),
+            _ => crate::log!(
+                Level::Debug,
+                "connection from {peer} ended ({}): {bytes} bytes echoed in {took}",
+                end.name()
+            ),
+        }
+        end
+    }
+
+    /// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
+    fn echo(&mut self, mode: Mode) -> (End, u64) {
+        let done = match mode {
+            Mode::Copy => 0,
+            Mode::Splice | Mode::Auto => match self.splice(mode == Mode::Auto) {
+                Spliced::Done(end, total) => return (end, total),
+                Spliced::Bulk(total) => total,
+                Spliced::Unavailable => 0,
             },
-            Err(Errno::EINTR) => continue,
-            Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return Spliced::Unavailable,
-            Err(e) => return Spliced::Done(classify(e), total),
         };
-        clock.touch();
-        // Drain the pipe completely before reading more: the pipe then never
-        // holds more than one chunk, so the first splice never finds it full.
-        let mut left = n;
-        while left > 0 {
-            match splice(&pr, None, conn, None, left, flags) {
-                Ok(m) => {
-                    left -= m;
-                    clock.touch();
-                }
-                Err(Errno::EAGAIN) => {
-                    if let Err(end) = wait(conn, POLLOUT, clock) {
-                        return Spliced::Done(end, total);
-                    }
-                }
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Spliced::Done(classify(e), total),
+        let (end, total) = self.copy();
+        (end, done + total)
+    }
+
+    /// Waits until the connection is ready for `events` or a limit passes.
+    /// A stop ends a wait for input, not one for output: what was read is
+    /// echoed first.
+    fn wait(&mut self, events: PollFlags) -> Result<(), End> {
+        loop {
+            if events == POLLIN && crate::signals::stop_requested() {
+                return Err(End::Stopped);
+            }
+            let ms = self.clock.timeout()?;
+            let timeout = u64::try_from(ms)
+                .ok()
+                .map(|ms| TimeSpec::from(Duration::from_millis(ms)));
+            let mut fds = [PollFd::new(self.conn, events)];
+            match nix::poll::ppoll(&mut fds, timeout, Some(self.mask)) {
+                Ok(0) | Err(Errno::EINTR) => continue, // the clock or the flag decides
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(End::Error(e)),
             }
         }
-        total += n as u64;
-        // Splice rarely returns a full chunk on loopback (segments arrive in
-        // pieces), so "bulk" is a session that has echoed one chunk in all.
-        if until_bulk && total >= SPLICE_CHUNK as u64 {
-            return Spliced::Bulk(total);
-        }
     }
-    Spliced::Done(half_close(conn), total)
-}
 
-/// Echoes until end-of-input, then half-closes. Returns the bytes echoed.
-fn echo(conn: BorrowedFd<'_>, buf: &mut [u8], mode: Mode, clock: &mut Clock) -> (End, u64) {
-    let done = match mode {
-        Mode::Copy => 0,
-        Mode::Splice | Mode::Auto => match echo_splice(conn, mode == Mode::Auto, clock) {
-            Spliced::Done(end, total) => return (end, total),
-            Spliced::Bulk(total) => total,
-            Spliced::Unavailable => 0,
-        },
-    };
-    let (end, total) = echo_copy(conn, buf, clock);
-    (end, done + total)
-}
+    /// Bytes moved: the clock, and every chunk's worth a look for a stop
+    /// signal that a stream which never waits would otherwise not see (the
+    /// stop signals are blocked outside the wait).
+    fn moved(&mut self, n: usize) -> Result<(), End> {
+        self.clock.touch();
+        self.unchecked += n;
+        if self.unchecked >= SPLICE_CHUNK {
+            self.unchecked = 0;
+            if crate::signals::stop_pending() {
+                return Err(End::Stopped);
+            }
+        }
+        Ok(())
+    }
 
-/// `read(2)` then `write(2)` through the buffer; `EAGAIN` waits in `poll`.
-/// Reading first (rather than polling first) saves a call whenever the data
-/// is already there, which it usually is by the time the child runs.
-fn echo_copy(conn: BorrowedFd<'_>, buf: &mut [u8], clock: &mut Clock) -> (End, u64) {
-    let mut total = 0u64;
-    loop {
-        let n = match nix::unistd::read(conn, buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(Errno::EAGAIN) => match wait(conn, POLLIN, clock) {
-                Ok(()) => continue,
+    /// `read(2)` then `write(2)` through the buffer; `EAGAIN` waits in
+    /// `ppoll`. Reading first (rather than polling first) saves a call
+    /// whenever the data is already there, which it usually is by the time
+    /// the child runs.
+    fn copy(&mut self) -> (End, u64) {
+        let mut total = 0u64;
+        loop {
+            let n = match self.read_once() {
+                Ok(Some(0)) => continue,
+                Ok(Some(n)) => n,
+                Ok(None) => break,
                 Err(end) => return (end, total),
-            },
-            Err(Errno::EINTR) => continue,
-            Err(e) => return (classify(e), total),
-        };
-        clock.touch();
-        if let Err(end) = write_all(conn, &buf[..n], clock) {
-            return (end, total);
+            };
+            total += n as u64;
+            if let Err(end) = self.moved(n) {
+                return (end, total);
+            }
         }
-        total += n as u64;
+        (half_close(self.conn), total)
     }
-    (half_close(conn), total)
+
+    /// One `read(2)` and the echo of what it got: `Some(n)` bytes echoed
+    /// (0 after a wait), `None` at end-of-input.
+    fn read_once(&mut self) -> Result<Option<usize>, End> {
+        if crate::signals::stop_requested() {
+            return Err(End::Stopped);
+        }
+        let n = match nix::unistd::read(self.conn, self.buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => return self.wait(POLLIN).map(|()| Some(0)),
+            Err(Errno::EINTR) => return Ok(Some(0)),
+            Err(e) => return Err(classify(e)),
+        };
+        self.clock.touch();
+        self.write_all(n)?;
+        Ok(Some(n))
+    }
+
+    /// `write(2)` until the first `n` bytes of the buffer are out, waiting
+    /// in `ppoll` while the peer's window is full.
+    fn write_all(&mut self, n: usize) -> Result<(), End> {
+        let mut at = 0;
+        while at < n {
+            match nix::unistd::write(self.conn, &self.buf[at..n]) {
+                Ok(m) => {
+                    at += m;
+                    self.clock.touch();
+                }
+                Err(Errno::EAGAIN) => self.wait(POLLOUT)?,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `splice(2)` socket -> pipe -> socket, both directions non-blocking
+    /// (`SPLICE_F_NONBLOCK` for the pipe, `O_NONBLOCK` on the socket), with
+    /// `ppoll` in between.
+    fn splice(&mut self, until_bulk: bool) -> Spliced {
+        use nix::fcntl::{splice, OFlag, SpliceFFlags};
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        let Ok((pr, pw)) = nix::unistd::pipe2(OFlag::O_CLOEXEC) else {
+            return Spliced::Unavailable;
+        };
+        let mut total = 0u64;
+        // The last wait said "readable": an EAGAIN now is the urgent mark.
+        let mut ready = false;
+        loop {
+            if crate::signals::stop_requested() {
+                return Spliced::Done(End::Stopped, total);
+            }
+            let spliced = splice(self.conn, None, &pw, None, SPLICE_CHUNK, flags);
+            // splice will not cross an urgent mark: there it says EAGAIN
+            // although the socket is readable, or 0 once the FIN is in
+            // although bytes remain. One read crosses the mark (and tells a
+            // real end of input apart).
+            if spliced == Ok(0) || (ready && spliced == Err(Errno::EAGAIN)) {
+                ready = false;
+                match self.read_once() {
+                    Ok(Some(n)) => total += n as u64,
+                    Ok(None) => break,
+                    Err(end) => return Spliced::Done(end, total),
+                }
+                continue;
+            }
+            let n = match spliced {
+                Ok(n) => n,
+                Err(Errno::EAGAIN) => match self.wait(POLLIN) {
+                    Ok(()) => {
+                        ready = true;
+                        continue;
+                    }
+                    Err(end) => return Spliced::Done(end, total),
+                },
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EINVAL | Errno::ENOSYS) if total == 0 => return Spliced::Unavailable,
+                Err(e) => return Spliced::Done(classify(e), total),
+            };
+            ready = false;
+            self.clock.touch();
+            if let Err(end) = self.unsplice(&pr, n) {
+                return Spliced::Done(end, total);
+            }
+            total += n as u64;
+            if let Err(end) = self.moved(n) {
+                return Spliced::Done(end, total);
+            }
+            // Splice rarely returns a full chunk on loopback (segments arrive
+            // in pieces), so "bulk" is a session that has echoed one chunk in
+            // all.
+            if until_bulk && total >= SPLICE_CHUNK as u64 {
+                return Spliced::Bulk(total);
+            }
+        }
+        Spliced::Done(half_close(self.conn), total)
+    }
+
+    /// Drains the pipe completely before reading more: the pipe then never
+    /// holds more than one chunk, so the first splice never finds it full.
+    fn unsplice(&mut self, pr: &std::os::fd::OwnedFd, mut left: usize) -> Result<(), End> {
+        use nix::fcntl::{splice, SpliceFFlags};
+        let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+        while left > 0 {
+            match splice(pr, None, self.conn, None, left, flags) {
+                Ok(m) => {
+                    left -= m;
+                    self.clock.touch();
+                }
+                Err(Errno::EAGAIN) => self.wait(POLLOUT)?,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a stop: FIN (everything read has been echoed), then read and
+    /// discard the peer's input until it closes its side or stays quiet for
+    /// [`DRAIN_QUIET`], so nothing is left unread when the socket closes.
+    /// `MSG_TRUNC` makes the kernel drop the bytes without copying them.
+    fn finish(&mut self) -> End {
+        if let End::Error(e) = half_close(self.conn) {
+            return classify(e);
+        }
+        let quiet = PollTimeout::try_from(DRAIN_QUIET).unwrap_or(PollTimeout::ZERO);
+        let flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT;
+        loop {
+            match socket::recv(self.conn.as_raw_fd(), self.buf, flags) {
+                Ok(0) => return End::Stopped,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => {
+                    match nix::poll::poll(&mut [PollFd::new(self.conn, POLLIN)], quiet) {
+                        Ok(0) => return End::Stopped,
+                        Ok(_) | Err(Errno::EINTR) => continue,
+                        Err(_) => return End::Stopped,
+                    }
+                }
+                Err(_) => return End::Stopped,
+            }
+        }
+    }
 }
 
 /// All input is echoed: tell the peer we are done too. The kernel sends what
@@ -313,23 +508,6 @@ fn half_close(conn: BorrowedFd<'_>) -> End {
     }
 }
 
-/// `write(2)` until every byte is out, waiting in `poll` while the peer's
-/// window is full.
-fn write_all(conn: BorrowedFd<'_>, mut data: &[u8], clock: &mut Clock) -> Result<(), End> {
-    while !data.is_empty() {
-        match nix::unistd::write(conn, data) {
-            Ok(n) => {
-                data = &data[n..];
-                clock.touch();
-            }
-            Err(Errno::EAGAIN) => wait(conn, POLLOUT, clock)?,
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(classify(e)),
-        }
-    }
-    Ok(())
-}
-
 fn classify(e: Errno) -> End {
     match e {
         Errno::ECONNRESET | Errno::EPIPE | Errno::ETIMEDOUT => End::Reset,
@@ -337,33 +515,23 @@ fn classify(e: Errno) -> End {
     }
 }
 
-/// Runs the session and logs its end: an error always; with `-v` one line
-/// with the peer, the bytes echoed, the duration and how it ended. The
-/// connection must be non-blocking.
+/// Runs a session outside the forked server (`--inetd`): no shared slot.
 pub fn run(
     conn: BorrowedFd<'_>,
     peer: Option<SocketAddr>,
     buf: &mut [u8],
     mode: Mode,
     limits: Limits,
+    mask: SigSet,
 ) -> End {
-    let mut clock = Clock::new(limits);
-    let (end, bytes) = echo(conn, buf, mode, &mut clock);
-    let peer = PeerDisplay(peer);
-    let took = Secs(clock.start.elapsed());
-    match end {
-        End::Error(e) => crate::log!(
-            Level::Error,
-            "connection from {peer} failed after {bytes} bytes in {took}: {}",
-            Reason(e)
-        ),
-        _ => crate::log!(
-            Level::Debug,
-            "connection from {peer} ended ({}): {bytes} bytes echoed in {took}",
-            end.name()
-        ),
-    }
-    end
+    let mut s = Session {
+        conn,
+        buf,
+        clock: Clock::new(limits, None),
+        mask,
+        unchecked: 0,
+    };
+    s.run(peer, mode)
 }
 
 /// A duration as seconds with milliseconds, `12.345s`, without `Debug`.
@@ -376,7 +544,7 @@ impl core::fmt::Display for Secs {
 }
 
 /// In the child, right after fork: close every descriptor but 0-2, the
-/// connection and the ones in `keep` (the log's) — the listeners, the
+/// connection and `keep` (the syslog socket) — the listeners, the
 /// self-pipe, the reserve, the notification socket, and whatever the parent
 /// itself inherited without close-on-exec (a supervisor's pipes, a
 /// jobserver), which no session should pin open. `close_range(2)` closes the
@@ -405,21 +573,30 @@ mod tests {
 
     #[test]
     fn clock_picks_the_nearer_limit_and_rounds_up() {
-        let none = Clock::new(Limits {
-            idle: None,
-            lifetime: None,
-        });
+        let none = Clock::new(
+            Limits {
+                idle: None,
+                lifetime: None,
+            },
+            None,
+        );
         assert_eq!(none.timeout(), Ok(-1));
-        let c = Clock::new(Limits {
-            idle: Some(Duration::from_secs(60)),
-            lifetime: Some(Duration::from_millis(1500)),
-        });
+        let c = Clock::new(
+            Limits {
+                idle: Some(Duration::from_secs(60)),
+                lifetime: Some(Duration::from_millis(1500)),
+            },
+            None,
+        );
         let ms = c.timeout().unwrap();
         assert!((1..=1500).contains(&ms), "{ms}");
-        let mut c = Clock::new(Limits {
-            idle: Some(Duration::from_millis(1)),
-            lifetime: None,
-        });
+        let mut c = Clock::new(
+            Limits {
+                idle: Some(Duration::from_millis(1)),
+                lifetime: None,
+            },
+            None,
+        );
         c.start -= Duration::from_secs(1);
         c.last -= Duration::from_secs(1);
         assert_eq!(c.timeout(), Err(End::Idle));

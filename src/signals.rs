@@ -1,20 +1,32 @@
-//! Signals, turned into bytes on a self-pipe that the accept loop polls.
+//! Signals: in the parent, bytes on a self-pipe that the accept loop polls;
+//! in a child, a flag that ends the session cleanly.
 //!
 //! Why a self-pipe and not `signalfd`: under QEMU user mode (where this
 //! server is tested) the emulator catches host signals itself, so a host
 //! signalfd never sees them; a handler that writes to a pipe works everywhere.
 //!
-//! Why the handled signals stay blocked in the parent except inside `ppoll`:
-//! a handler then only ever runs while the loop waits, so nothing else in the
-//! parent sees `EINTR`, and `fork` needs no mask juggling: the child starts
-//! with the signals blocked, resets the dispositions to their defaults, and
-//! only then unblocks. A signal aimed at a new child in between stays pending
-//! and then acts as it should (SIGTERM ends the child); it can never run the
-//! parent's handler in the child and write into the *shared* pipe, waking the
-//! parent with a signal it never got.
+//! Why the handled signals stay blocked except inside `ppoll`: a handler then
+//! only ever runs while the process waits, so nothing else sees `EINTR`, a
+//! flag checked before the wait cannot miss a signal that comes during it,
+//! and `fork` needs no mask juggling: the child starts with the signals
+//! blocked and swaps the parent's handlers for its own before it waits. A
+//! signal aimed at a new child in between stays pending and then acts as it
+//! should; it can never run the parent's handler in the child and write into
+//! the *shared* pipe, waking the parent with a signal it never got.
+//!
+//! What each signal does (README, "Signals"):
+//! - TERM, INT, QUIT, PWR: the parent stops accepting and drains; a child
+//!   echoes what it has read, sends FIN, drains the peer's input and exits —
+//!   so a Ctrl-C to the whole process group ends every session cleanly.
+//! - USR1, HUP: the parent writes the status line (there is no configuration
+//!   to reload); children ignore them.
+//! - USR2, ALRM: the parent logs that it ignored them; children ignore them.
+//! - PIPE, XFSZ, TTOU: ignored everywhere, so a vanished peer, an oversized
+//!   log file or a background terminal give an error on the write instead of
+//!   killing or stopping the process.
 
 use crate::error::{Error, Result};
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::PollFd;
@@ -23,24 +35,48 @@ use nix::sys::time::TimeSpec;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-/// The signals the parent handles through the pipe.
-const HANDLED: [Signal; 4] = [
-    Signal::SIGCHLD,
+/// The signals that end a session, and the server.
+const STOP: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
-    Signal::SIGUSR1,
+    Signal::SIGQUIT,
+    Signal::SIGPWR,
 ];
+/// The parent's other handled signals.
+const OTHERS: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGUSR1,
+    Signal::SIGHUP,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+/// Ignored everywhere: their default would kill or stop a process over a
+/// failed write.
+const IGNORED: [Signal; 3] = [Signal::SIGPIPE, Signal::SIGXFSZ, Signal::SIGTTOU];
 
 /// Write end of the pipe, for the handler (which cannot take arguments).
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// In a child: a stop signal arrived.
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// What the pipe said since the last look. (SIGCHLD needs no flag: the loop
 /// reaps on every turn.)
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Pending {
-    pub terminate: bool,
-    /// SIGUSR1: write the status line.
+    /// The stop signal that came (the first, if several).
+    pub terminate: Option<Signal>,
+    /// SIGUSR1 or SIGHUP: write the status line.
     pub status: bool,
+    /// SIGUSR2 or SIGALRM: logged as ignored.
+    pub ignored: Option<Signal>,
+}
+
+fn set_of(sigs: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for &sig in sigs {
+        set.add(sig);
+    }
+    set
 }
 
 /// The self-pipe. Both ends are non-blocking (a full pipe must never block
@@ -54,9 +90,8 @@ pub struct SelfPipe {
 }
 
 impl SelfPipe {
-    /// `pipe2(2)`, then `sigaction(2)` for SIGCHLD, SIGTERM, SIGINT and
-    /// SIGUSR1, `SIG_IGN` for SIGPIPE (a peer that goes away yields `EPIPE`,
-    /// not death), and `sigprocmask(2)` blocking the handled signals.
+    /// `pipe2(2)`, then `sigaction(2)` for every handled signal, `SIG_IGN`
+    /// for the ignored ones, and `sigprocmask(2)` blocking the handled ones.
     pub fn install() -> Result<SelfPipe> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
             .map_err(|e| Error::sys("cannot create the signal pipe", e))?;
@@ -64,21 +99,12 @@ impl SelfPipe {
         // No SA_RESTART: poll is never restarted anyway, and nothing else in
         // the parent blocks with the signals unblocked.
         // SA_NOCLDSTOP: a stopped child is not an exited one.
-        for sig in HANDLED {
+        for sig in STOP.into_iter().chain(OTHERS) {
             crate::sys::set_handler(sig, on_signal, SaFlags::SA_NOCLDSTOP)
                 .map_err(|e| Error::sys("cannot install a signal handler", e))?;
         }
-        ignore_sigpipe()?;
-        let mut handled = SigSet::empty();
-        for sig in HANDLED {
-            handled.add(sig);
-        }
-        let mut wait_mask = SigSet::empty();
-        signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut wait_mask))
-            .map_err(|e| Error::sys("cannot block signals", e))?;
-        for sig in HANDLED {
-            wait_mask.remove(sig);
-        }
+        ignore_write_signals()?;
+        let wait_mask = block(&[&STOP, &OTHERS])?;
         Ok(SelfPipe {
             read,
             write,
@@ -93,19 +119,25 @@ impl SelfPipe {
         nix::poll::ppoll(fds, timeout.map(TimeSpec::from), Some(self.wait_mask))
     }
 
-    /// In the child, with the signals still blocked: `sigaction(2)` back to
-    /// the default for SIGTERM and SIGINT (so the parent's shutdown ends the
-    /// child), then `sigprocmask(2)` to the mask the server started with.
-    /// SIGCHLD and SIGUSR1 keep the handler, which now only writes to
-    /// descriptor -1: the child has no children, and a SIGUSR1 sent to the
-    /// whole process group must not end the sessions. SIGPIPE stays ignored:
-    /// a vanished peer must end the session with EPIPE.
-    pub fn reset_in_child(&self) {
+    /// In the child, with the signals still blocked: the stop signals get
+    /// the child's handler (which only sets a flag) and stay blocked outside
+    /// the session's waits; the parent's other signals are ignored (a
+    /// SIGUSR1 or SIGHUP sent to the whole process group must not end the
+    /// sessions) or back to default (SIGCHLD: the child has no children).
+    /// Returns the mask the session waits with.
+    pub fn reset_in_child(&self) -> SigSet {
         PIPE_WRITE.store(-1, Ordering::Relaxed);
-        for sig in [Signal::SIGTERM, Signal::SIGINT] {
-            let _ = crate::sys::set_disposition(sig, false);
+        child_handlers();
+        let _ = crate::sys::set_disposition(Signal::SIGCHLD, false);
+        for sig in OTHERS.into_iter().skip(1) {
+            let _ = crate::sys::set_disposition(sig, true);
         }
-        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.wait_mask), None);
+        let mut blocked = self.wait_mask;
+        for sig in STOP {
+            blocked.add(sig);
+        }
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&blocked), None);
+        self.wait_mask
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -127,11 +159,7 @@ impl SelfPipe {
                 Ok(0) => break,
                 Ok(n) => {
                     for &b in &buf[..n] {
-                        match b as i32 {
-                            nix::libc::SIGTERM | nix::libc::SIGINT => pending.terminate = true,
-                            nix::libc::SIGUSR1 => pending.status = true,
-                            _ => {}
-                        }
+                        note(&mut pending, b);
                     }
                     if n < buf.len() {
                         break;
@@ -145,12 +173,82 @@ impl SelfPipe {
     }
 }
 
-/// `sigaction(SIGPIPE, SIG_IGN)`: a peer that goes away must end a session
-/// with `EPIPE`, not kill the process. (Inetd mode; the server does this in
-/// `SelfPipe::install`.)
-pub fn ignore_sigpipe() -> Result<()> {
-    crate::sys::set_disposition(Signal::SIGPIPE, true)
-        .map_err(|e| Error::sys("cannot ignore SIGPIPE", e))
+/// Files one signal number from the pipe under what it asks for.
+fn note(pending: &mut Pending, byte: u8) {
+    let Ok(sig) = Signal::try_from(i32::from(byte)) else {
+        return;
+    };
+    match sig {
+        Signal::SIGUSR1 | Signal::SIGHUP => pending.status = true,
+        Signal::SIGUSR2 | Signal::SIGALRM => pending.ignored = Some(sig),
+        s if STOP.contains(&s) => {
+            pending.terminate.get_or_insert(s);
+        }
+        _ => {}
+    }
+}
+
+/// `sigprocmask(SIG_BLOCK)` of every signal in `sets`; returns the mask we
+/// started with, without them: the one to wait with.
+fn block(sets: &[&[Signal]]) -> Result<SigSet> {
+    let mut handled = SigSet::empty();
+    for &sig in sets.iter().copied().flatten() {
+        handled.add(sig);
+    }
+    let mut wait_mask = SigSet::empty();
+    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), Some(&mut wait_mask))
+        .map_err(|e| Error::sys("cannot block signals", e))?;
+    for sig in handled.iter() {
+        wait_mask.remove(sig);
+    }
+    Ok(wait_mask)
+}
+
+/// The child's handler for the stop signals (in a forked child, or the one
+/// `--inetd` process).
+fn child_handlers() {
+    for sig in STOP {
+        let _ = crate::sys::set_handler(sig, on_stop, SaFlags::empty());
+    }
+}
+
+/// `--inetd`: the same signal set-up as a forked child; returns the mask the
+/// session waits with.
+pub fn install_for_inetd() -> Result<SigSet> {
+    ignore_write_signals()?;
+    child_handlers();
+    for sig in OTHERS.into_iter().skip(1) {
+        let _ = crate::sys::set_disposition(sig, true);
+    }
+    block(&[&STOP])
+}
+
+/// `SIG_IGN` for SIGPIPE (a peer that goes away yields `EPIPE`, not death),
+/// SIGXFSZ (a log file at its size limit yields `EFBIG`) and SIGTTOU (a log
+/// line to a terminal from a background job yields `EIO`, not a stop).
+fn ignore_write_signals() -> Result<()> {
+    for sig in IGNORED {
+        crate::sys::set_disposition(sig, true)
+            .map_err(|e| Error::sys("cannot ignore a signal", e))?;
+    }
+    Ok(())
+}
+
+/// In a child: has a stop signal been handled (during a wait)?
+pub fn stop_requested() -> bool {
+    STOPPING.load(Ordering::Relaxed)
+}
+
+/// In a child: has a stop signal come, handled or still pending (blocked
+/// while the session moves bytes without waiting)? One `sigpending(2)`.
+pub fn stop_pending() -> bool {
+    stop_requested() || crate::sys::pending(&set_of(&STOP))
+}
+
+/// In a child: marks the session as stopping, as a stop signal would
+/// (shutdown already begun when the child was forked).
+pub fn request_stop() {
+    STOPPING.store(true, Ordering::Relaxed);
 }
 
 extern "C" fn on_signal(sig: i32) {
@@ -161,4 +259,8 @@ extern "C" fn on_signal(sig: i32) {
     // nothing.
     let _ = crate::sys::write_raw(fd, &[sig as u8]);
     Errno::set_raw(saved);
+}
+
+extern "C" fn on_stop(_: i32) {
+    STOPPING.store(true, Ordering::Relaxed);
 }

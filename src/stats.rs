@@ -44,6 +44,10 @@ pub struct Stats {
     /// `accept` errors that paused the listeners (EMFILE/ENFILE without a
     /// reserve, ENOBUFS, ENOMEM, anything unexpected).
     pub accept_paused: u64,
+    /// Sessions a stop signal ended cleanly (shutdown, or eviction).
+    pub stopped: u64,
+    /// Idle sessions asked to end to make room at `--max-children`.
+    pub evicted: u64,
 }
 
 impl Stats {
@@ -59,10 +63,12 @@ impl Stats {
 }
 
 /// The status line: `active=` is the live children, the rest are totals
-/// since start.
+/// since start; `log_dropped=` counts the log lines any process could not
+/// write.
 pub struct Status<'a> {
     pub active: usize,
     pub stats: &'a Stats,
+    pub log_dropped: u32,
 }
 
 impl fmt::Display for Status<'_> {
@@ -70,7 +76,7 @@ impl fmt::Display for Status<'_> {
         let s = self.stats;
         write!(
             f,
-            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={} cap_reached={} refused_deny={} refused_global_rate={} refused_rate={} refused_per_ip={}",
+            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={} cap_reached={} refused_deny={} refused_global_rate={} refused_rate={} refused_per_ip={} stopped={} evicted={} log_dropped={}",
             self.active,
             s.accepted,
             s.exited_ok,
@@ -86,7 +92,10 @@ impl fmt::Display for Status<'_> {
             s.refused_deny,
             s.refused_global_rate,
             s.refused_rate,
-            s.refused_per_ip
+            s.refused_per_ip,
+            s.stopped,
+            s.evicted,
+            self.log_dropped
         )
     }
 }
@@ -105,8 +114,13 @@ mod tests {
             ..Stats::default()
         };
         assert_eq!(
-            Status { active: 0, stats: &stats }.to_string(),
-            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0"
+            Status {
+                active: 0,
+                stats: &stats,
+                log_dropped: 2
+            }
+            .to_string(),
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0 stopped=0 evicted=0 log_dropped=2"
         );
     }
 }

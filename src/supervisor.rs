@@ -3,8 +3,10 @@
 //!
 //! Shape of a turn (after s6-tcpserverd):
 //! 1. wait on the self-pipe always, the listeners only while accepting —
-//!    below `--max-children` and not paused. At the cap new clients wait in
-//!    the kernel backlog instead of being accepted and dropped;
+//!    below `--max-children`, or at it with a session idle for
+//!    `--evict-after` that can make room, and not paused. Otherwise new
+//!    clients wait in the kernel backlog instead of being accepted and
+//!    dropped;
 //! 2. drain the pipe if a signal came, then reap *every* exited child;
 //! 3. accept from the ready listeners: admit or refuse, fork one child per
 //!    admitted connection.
@@ -36,8 +38,12 @@ use std::time::{Duration, Instant};
 
 /// The loop's own settings.
 pub struct Settings {
-    /// `--max-children`: at this many live children the listeners rest.
+    /// `--max-children`: at this many live children the listeners rest,
+    /// unless an idle one can make room.
     pub max_children: usize,
+    /// `--evict-after`: how long a session must have been idle before it may
+    /// be ended for a newcomer at the cap; `None` never.
+    pub evict_after: Option<Duration>,
     /// `--shutdown-timeout`: how long children get after SIGTERM.
     pub shutdown_timeout: Duration,
 }
@@ -63,6 +69,8 @@ pub struct Supervisor {
     /// Whether the last turn found the loop at `--max-children` (the cap is
     /// counted once per episode).
     at_cap: bool,
+    /// Set once shutdown began: children forked now start stopping.
+    stopping: bool,
     stats: Stats,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
@@ -90,6 +98,7 @@ impl Supervisor {
             readiness,
             settings,
             at_cap: false,
+            stopping: false,
             stats: Stats::default(),
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
@@ -108,31 +117,35 @@ impl Supervisor {
         self.readiness.ready(port);
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains the children.
+    /// Serves until a stop signal, then drains the children.
     pub fn run(mut self) {
+        crate::log::report_drops_here();
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
-        loop {
+        let stop = loop {
             let (ready, signalled) = self.wait();
             let pending = if signalled {
                 self.pipe.drain()
             } else {
                 Pending::default()
             };
-            self.children.reap(&mut self.stats, None);
+            self.children.reap(&mut self.stats);
             if pending.status {
                 self.log_status();
             }
-            if pending.terminate {
-                break;
+            if let Some(sig) = pending.ignored {
+                crate::log!(Level::Info, "ignoring {}", sig.as_str());
+            }
+            if let Some(sig) = pending.terminate {
+                break sig;
             }
             for i in 0..self.listeners.len() {
                 if ready & (1 << i) != 0 {
                     self.accept_from(i);
                 }
             }
-        }
-        self.shutdown();
+        };
+        self.shutdown(stop);
         #[cfg(feature = "alloc-count")]
         crate::alloc_count::report("parent", base);
     }
@@ -143,19 +156,28 @@ impl Supervisor {
     fn wait(&mut self) -> (u32, bool) {
         let now = Instant::now();
         let paused = self.backoff.paused(now);
-        let at_cap = self.children.len() >= self.settings.max_children;
+        let at_cap = self.children.active() >= self.settings.max_children;
         if at_cap && !self.at_cap {
             self.stats.cap_reached += 1;
         }
         self.at_cap = at_cap;
+        // At the cap, the listeners are polled only once a session is idle
+        // enough to make room; until then, wake when the idlest could be.
+        let (room, wake) = match self.room() {
+            Ok(()) => (true, None),
+            Err(wake) => (false, wake),
+        };
         let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
-        if paused.is_none() && !at_cap {
+        if paused.is_none() && room {
             for l in &self.listeners {
                 let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
             }
         }
-        let timeout = paused.map(|t| t.saturating_duration_since(now));
+        let timeout = match (paused.map(|t| t.saturating_duration_since(now)), wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let (failed, mut signalled) = match self.pipe.ppoll(&mut fds, timeout) {
             Ok(_) => (None, false),
             Err(Errno::EINTR) => (None, true),
@@ -175,32 +197,38 @@ impl Supervisor {
         (ready, signalled)
     }
 
+    /// Whether a newcomer can be taken: below the cap, or at it with a
+    /// session idle long enough to end for it. `Err(wake)`: not now, and
+    /// when to look again (`None`: only when a child exits).
+    fn room(&self) -> Result<(), Option<Duration>> {
+        if !self.children.has_room() {
+            return Err(None);
+        }
+        if self.children.active() < self.settings.max_children {
+            return Ok(());
+        }
+        let min = self.settings.evict_after.ok_or(None)?;
+        self.children.idlest(min).map(drop)
+    }
+
     /// SIGUSR1: one line with every counter, always written (even with -q:
     /// it was asked for).
     fn log_status(&self) {
         let status = Status {
             active: self.children.len(),
             stats: &self.stats,
+            log_dropped: crate::shared::dropped_total(),
         };
         crate::log!(Level::Error, "{status}");
     }
 
     fn accept_from(&mut self, i: usize) {
         for _ in 0..ACCEPT_BATCH {
-            if self.children.len() >= self.settings.max_children || self.backoff.is_paused() {
+            if self.room().is_err() || self.backoff.is_paused() {
                 return;
             }
             match listener::accept(&self.listeners[i]) {
-                Ok((conn, peer)) => {
-                    let live = |key| self.children.live_from(key);
-                    match self.gate.check(peer, live, Instant::now()) {
-                        Ok(key) => self.spawn(conn, peer, key),
-                        Err(why) => {
-                            self.stats.refused(why);
-                            self.gate.refuse(conn, peer, why);
-                        }
-                    }
-                }
+                Ok((conn, peer)) => self.admit(conn, peer),
                 Err(e) => {
                     let l = &self.listeners[i];
                     if let Next::Stop = self.backoff.accept_failed(e, l, &mut self.stats) {
@@ -211,16 +239,49 @@ impl Supervisor {
         }
     }
 
+    /// The verdict on a fresh connection; an admitted one at the cap first
+    /// ends the idlest session to make room.
+    fn admit(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
+        let live = |key| self.children.live_from(key);
+        match self.gate.check(peer, live, Instant::now()) {
+            Ok(key) => {
+                if self.children.active() >= self.settings.max_children {
+                    self.make_room();
+                }
+                self.spawn(conn, peer, key);
+            }
+            Err(why) => {
+                self.stats.refused(why);
+                self.gate.refuse(conn, peer, why);
+            }
+        }
+    }
+
+    /// Ends the session idle longest (checked by `room` a moment ago): it
+    /// finishes cleanly on its own and no longer counts against the cap.
+    fn make_room(&mut self) {
+        if let Some(i) = (self.settings.evict_after).and_then(|min| self.children.idlest(min).ok())
+        {
+            let pid = self.children.evict(i);
+            self.stats.evicted += 1;
+            crate::log!(
+                Level::Debug,
+                "ending idle child {pid} to make room at --max-children"
+            );
+        }
+    }
+
     /// Forks one child for `conn`. The handled signals are blocked (they
     /// always are outside `ppoll`, see `signals`); the parent closes its copy
     /// of the connection first thing.
-    fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, key: u128) {
+    fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, key: Option<u128>) {
+        self.setup.slot = self.children.free_slot();
         match crate::sys::fork() {
             Ok(ForkResult::Child) => self.child(conn, peer),
             Ok(ForkResult::Parent { child }) => {
                 drop(conn);
                 self.stats.accepted += 1;
-                self.children.add(child, key);
+                self.children.add(child, key, self.setup.slot);
                 crate::log!(
                     Level::Debug,
                     "connection from {} served by child {child}",
@@ -242,12 +303,15 @@ impl Supervisor {
         if !session::close_inherited(conn.as_raw_fd(), crate::log::syslog_fd()) {
             self.close_own_fds();
         }
-        self.pipe.reset_in_child();
+        let mask = self.pipe.reset_in_child();
+        if self.stopping {
+            crate::signals::request_stop();
+        }
         #[cfg(feature = "alloc-count")]
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
         }
-        let end = self.setup.serve(conn.as_fd(), peer);
+        let end = self.setup.serve(conn.as_fd(), peer, mask);
         #[cfg(feature = "alloc-count")]
         crate::alloc_count::report("child", base);
         crate::sys::exit(end.status())
@@ -269,40 +333,83 @@ impl Supervisor {
         self.readiness.close_in_child();
     }
 
-    /// SIGTERM/SIGINT: close the listeners, SIGTERM the children, wait up to
-    /// `--shutdown-timeout` for them (still reaping as they go), SIGKILL the
-    /// rest and reap them.
-    fn shutdown(&mut self) {
+    /// A stop signal: every session ends cleanly within
+    /// `--shutdown-timeout`. The children get SIGTERM (each echoes what it
+    /// has read, sends FIN and drains its peer); clients still in the
+    /// backlog are accepted and given the same clean end rather than a reset
+    /// from a closed listener; a listener closes once its backlog is empty.
+    /// Children still running at the deadline are killed.
+    fn shutdown(&mut self, sig: Signal) {
         self.readiness.stopping();
-        // Closing the listeners makes the kernel refuse new clients at once.
-        self.listeners.clear();
-        crate::log!(
-            Level::Info,
-            "shutting down, {} connections open",
-            self.children.len()
-        );
+        self.stopping = true;
         self.children.signal_all(Signal::SIGTERM);
         let deadline = Instant::now() + self.settings.shutdown_timeout;
+        let mut killed = 0;
         loop {
-            self.children.reap(&mut self.stats, Some(Signal::SIGTERM));
-            if self.children.is_empty() {
+            self.children.reap(&mut self.stats);
+            self.drain_backlogs();
+            if self.children.is_empty() && self.listeners.is_empty() {
                 break;
             }
             let now = Instant::now();
             if now >= deadline {
-                crate::log!(
-                    Level::Error,
-                    "{} children still running after {}s, sending SIGKILL",
-                    self.children.len(),
-                    self.settings.shutdown_timeout.as_secs()
-                );
-                self.children.kill_all();
+                killed = self.kill_remaining();
                 break;
             }
-            let mut fds = [PollFd::new(self.pipe.fd(), PollFlags::POLLIN)];
+            let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
+            let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
+            if self.room().is_ok() {
+                for l in &self.listeners {
+                    let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
+                }
+            }
             let _ = self.pipe.ppoll(&mut fds, Some(deadline - now));
+            drop(fds);
             self.pipe.drain();
         }
-        crate::log!(Level::Info, "stopped");
+        self.listeners.clear();
+        crate::log!(
+            Level::Info,
+            "stopped by {}: {} sessions ended, {killed} killed",
+            sig.as_str(),
+            self.stats.stopped
+        );
+    }
+
+    /// During shutdown: accepts what waits in each backlog (each gets a
+    /// child that starts stopping), closing a listener once its backlog is
+    /// empty.
+    fn drain_backlogs(&mut self) {
+        let mut i = 0;
+        while i < self.listeners.len() {
+            let mut empty = false;
+            while self.room().is_ok() && !empty {
+                match listener::accept(&self.listeners[i]) {
+                    Ok((conn, peer)) => self.admit(conn, peer),
+                    Err(Errno::EINTR | Errno::ECONNABORTED) => {}
+                    Err(_) => empty = true,
+                }
+            }
+            if empty {
+                self.listeners.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn kill_remaining(&mut self) -> usize {
+        let n = self.children.len();
+        // Asked for with --shutdown-timeout 0: not an error then.
+        let level = match self.settings.shutdown_timeout.is_zero() {
+            true => Level::Info,
+            false => Level::Error,
+        };
+        crate::log!(
+            level,
+            "{n} children still running after {}s, sending SIGKILL",
+            self.settings.shutdown_timeout.as_secs()
+        );
+        self.children.kill_all(&mut self.stats)
     }
 }

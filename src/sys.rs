@@ -10,6 +10,7 @@
 
 #![allow(unsafe_code)]
 
+use core::sync::atomic::AtomicU32;
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -64,18 +65,15 @@ pub fn write_raw(fd: RawFd, bytes: &[u8]) -> Result<usize, Errno> {
     Errno::result(n).map(|n| n as usize)
 }
 
-/// `fstat(2)` both: the same open file (device and inode)? By number, as
-/// for 0 and 2, which are always open (`main` fills closed ones with
-/// /dev/null) but owned by no Rust object.
-pub fn same_file(a: RawFd, b: RawFd) -> bool {
-    let stat = |fd| {
-        // SAFETY: all-zero bytes are a valid `struct stat`; fstat writes one.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: the pointer refers to a live local of the right type.
-        let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-        ok.then_some((st.st_dev, st.st_ino))
-    };
-    matches!((stat(a), stat(b)), (Some(x), Some(y)) if x == y)
+/// `fstat(2)` by number: (device, inode, mode) of the open file, for
+/// descriptors that are always open (`main` fills closed 0-2 with /dev/null)
+/// but owned by no Rust object.
+pub fn file_id(fd: RawFd) -> Option<(u64, u64, u32)> {
+    // SAFETY: all-zero bytes are a valid `struct stat`; fstat writes one.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: the pointer refers to a live local of the right type.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    ok.then_some((st.st_dev as u64, st.st_ino as u64, st.st_mode as u32))
 }
 
 /// `listen(2)` called directly: nix's `Backlog::new` refuses values above
@@ -164,6 +162,41 @@ pub fn set_disposition(sig: Signal, ignore: bool) -> Result<(), Errno> {
     let act = SigAction::new(how, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_DFL and SIG_IGN run no code of ours.
     unsafe { signal::sigaction(sig, &act) }.map(drop)
+}
+
+/// `mmap(MAP_SHARED | MAP_ANONYMOUS)` of `words` zeroed 32-bit atomics,
+/// never unmapped: memory the parent and every child it forks afterwards
+/// see alike (the children's last activity, the dropped-log count).
+pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
+    let len = words.max(1) * core::mem::size_of::<AtomicU32>();
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks
+    // aliases nothing of ours.
+    let ptr = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
+    if ptr == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // SAFETY: the mapping is page-aligned (so aligned for AtomicU32), `len`
+    // bytes long, zero-filled (a valid AtomicU32 is any bit pattern), lives
+    // for the rest of the process (never unmapped), and is only ever
+    // accessed through atomics, by this process and its forks.
+    Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU32>(), words) })
+}
+
+/// `sigpending(2)`: is any of `set` pending? The child keeps its stop
+/// signals blocked outside `ppoll` and asks this between chunks of a stream
+/// that never waits.
+pub fn pending(set: &SigSet) -> bool {
+    // SAFETY: all-zero bytes are a valid (empty) sigset_t.
+    let mut raw: libc::sigset_t = unsafe { core::mem::zeroed() };
+    // SAFETY: the pointer refers to a live local; sigpending writes it.
+    if unsafe { libc::sigpending(&mut raw) } != 0 {
+        return false;
+    }
+    // SAFETY: sigpending initialised `raw`.
+    let pending = unsafe { SigSet::from_sigset_t_unchecked(raw) };
+    set.iter().any(|sig| pending.contains(sig))
 }
 
 /// The test-only counting allocator (`--features alloc-count`).

@@ -236,9 +236,115 @@ fn ready_fd_gets_the_port_and_is_closed() {
 
 #[test]
 fn ready_fd_must_be_open() {
+    let fd = closed_fd().to_string();
     assert_one_line_error(
-        &["--listen", "127.0.0.1:0", "--ready-fd", "9"],
+        &["--listen", "127.0.0.1:0", "--ready-fd", &fd],
         1,
-        &["--ready-fd 9: Bad file descriptor (EBADF)"],
+        &[&format!("--ready-fd {fd}: Bad file descriptor (EBADF)")],
     );
+    // Checked before anything is opened: the syslog socket cannot take the
+    // number first.
+    assert_one_line_error(
+        &[
+            "--syslog",
+            "--syslog-socket",
+            "/nonexistent-forkecho/log",
+            "--ready-fd",
+            &fd,
+        ],
+        1,
+        &[&format!("--ready-fd {fd}: Bad file descriptor (EBADF)")],
+    );
+}
+
+#[test]
+fn ready_fd_may_not_be_a_passed_socket() {
+    // Today's main closed its own listener this way and hung.
+    let port = free_port();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &format!("127.0.0.1:{port}")])
+        .args(runner_and_bin())
+        .args(["--ready-fd", "3"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The activator execs forkecho on the first connection.
+    let deadline = std::time::Instant::now() + SOON;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "activator not listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id() as i32;
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    let deadline = std::time::Instant::now() + SOON;
+    while !waiter.is_finished() {
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("forkecho --ready-fd 3 under LISTEN_FDS=1 hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = waiter.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err: String = err.lines().filter(|l| l.contains("forkecho")).collect();
+    assert_one_line(
+        out.status.code(),
+        &err,
+        2,
+        &["--ready-fd 3: is a socket passed by LISTEN_FDS"],
+        "--ready-fd 3 under LISTEN_FDS=1",
+    );
+}
+
+#[test]
+fn notify_socket_path_works_under_chroot() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: --chroot needs root");
+        return;
+    }
+    let dir = temp_dir("notify-chroot");
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(SOON)).unwrap();
+    let mut srv = Server::start_env(
+        &["--chroot", jail.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    srv.signal(Signal::SIGTERM);
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after the chroot");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn inetd_idle_timeout_is_not_a_usage_error() {
+    let port = free_port();
+    let mut srv = activator(
+        &["--inetd", "--accept"],
+        port,
+        &["--inetd", "-v", "--idle-timeout", "1"],
+    );
+    let mut s = srv.connect();
+    assert_eq!(read_to_eof_within(&mut s, SOON), b"");
+    assert_eq!(
+        srv.wait_log_count("ended (idle timeout)", 1, SOON),
+        1,
+        "{}",
+        srv.log()
+    );
+    // The activator logs each instance's exit status: 0 for a session
+    // that ended as sessions do (2 is the usage-error status).
+    assert_eq!(srv.wait_log_count("died with code", 1, SOON), 1);
+    assert!(srv.log().contains("died with code 0"), "{}", srv.log());
+    srv.signal(Signal::SIGTERM);
+    let _ = srv.wait_exit(SOON);
 }

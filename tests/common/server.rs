@@ -206,9 +206,13 @@ impl Server {
         let local = SockaddrStorage::from(SocketAddr::new(src, 0));
         socket::bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &local).unwrap();
         // A server on [::ffff:127.0.0.1] is reached at 127.0.0.1.
+        // A dual-stack [::]:P is reached at 127.0.0.1:P from IPv4.
         let target = match self.addr {
             SocketAddr::V6(v6) if src.is_ipv4() => match v6.ip().to_ipv4_mapped() {
                 Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None if v6.ip().is_unspecified() => {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), v6.port())
+                }
                 None => self.addr,
             },
             a => a,
@@ -328,6 +332,15 @@ pub fn round_trip(srv: &Server, payload: &[u8]) {
     s.write_all(payload).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_to_eof_within(&mut s, SOON), payload);
+}
+
+/// A descriptor number that is closed in this test process and far above
+/// every open one, so neither the server nor an emulator in front of it
+/// (both take the lowest free numbers) will have it open. No number is
+/// assumed free: CI runs the suite with extra descriptors inherited.
+pub fn closed_fd() -> i32 {
+    let own = super::procfs::fds(std::process::id() as i32);
+    own.last().map_or(2, |f| f.0) + 100
 }
 
 /// A loopback port that was free a moment ago (for activators that cannot
