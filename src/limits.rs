@@ -64,9 +64,11 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub const LINE_MAX: usize = 512;
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 pub const SPLICE_CHUNK: usize = 64 * 1024;
-/// After a stop, how long a peer may stay silent before the child stops
-/// draining its input and closes (see `session::Session::finish`).
+/// When the server ends a session, how long a peer may stay silent before
+/// the child stops draining its input and closes (`Session::finish`)...
 pub const DRAIN_QUIET: Duration = Duration::from_millis(500);
+/// ...and how long it drains at most, against a peer that never stops.
+pub const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// `--evict-after`: a session idle this long (or longer) may be ended to
 /// make room for a new client at `--max-children`; 0 never evicts.
 pub const EVICT_SECS: RangeInclusive<u32> = 0..=86_400;

@@ -14,10 +14,11 @@
 //! stops at the urgent mark, which the loop notices (readable, yet nothing
 //! spliced) and copies past once with `read`.
 //!
-//! A stop signal (SIGTERM, SIGINT: shutdown, or the parent making room) ends
-//! the session cleanly: what was read is echoed, then FIN, then the peer's
-//! further input is read and discarded until it closes or goes quiet, so
-//! the kernel has nothing unread at close and sends no RST.
+//! A session the server ends — a stop signal (shutdown, or the parent making
+//! room), `--idle-timeout`, `--max-session` — ends cleanly: what was read is
+//! echoed, then FIN, then the peer's further input is read and discarded
+//! until it closes or goes quiet, so the kernel has nothing unread at close
+//! and sends no RST.
 //!
 //! Everything here works on memory prepared before fork (the buffer) or on the
 //! stack; nothing allocates. The child never returns: it ends with `_exit(2)`
@@ -25,7 +26,7 @@
 //! a second time.
 
 use crate::error::Reason;
-use crate::limits::{DRAIN_QUIET, SPLICE_CHUNK};
+use crate::limits::{DRAIN_MAX, DRAIN_QUIET, SPLICE_CHUNK};
 use crate::log::{Level, PeerDisplay};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -264,8 +265,11 @@ impl Session<'_> {
     /// line with the peer, the bytes echoed, the duration and how it ended.
     fn run(&mut self, peer: Option<SocketAddr>, mode: Mode) -> End {
         let (mut end, bytes) = self.echo(mode);
-        if end == End::Stopped {
-            end = self.finish();
+        // A session the server ends (a stop, a limit) ends cleanly too.
+        if matches!(end, End::Stopped | End::Idle | End::Lifetime) {
+            if let Err(e) = self.finish() {
+                end = e;
+            }
         }
         let peer = PeerDisplay(peer);
         let took = Secs(self.clock.start.elapsed());
@@ -472,30 +476,34 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// After a stop: FIN (everything read has been echoed), then read and
-    /// discard the peer's input until it closes its side or stays quiet for
-    /// [`DRAIN_QUIET`], so nothing is left unread when the socket closes.
-    /// `MSG_TRUNC` makes the kernel drop the bytes without copying them.
-    fn finish(&mut self) -> End {
+    /// When the server ends a session: FIN (everything read has been
+    /// echoed), then read and discard the peer's input until it closes its
+    /// side or stays quiet for [`DRAIN_QUIET`], so nothing is left unread
+    /// when the socket closes and the kernel sends no RST. A peer that keeps
+    /// sending is cut off after [`DRAIN_MAX`] in all. `MSG_TRUNC` makes the
+    /// kernel drop the bytes without copying them.
+    fn finish(&mut self) -> Result<(), End> {
         if let End::Error(e) = half_close(self.conn) {
-            return classify(e);
+            return Err(classify(e));
         }
         let quiet = PollTimeout::try_from(DRAIN_QUIET).unwrap_or(PollTimeout::ZERO);
         let flags = MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT;
-        loop {
+        let until = Instant::now() + DRAIN_MAX;
+        while Instant::now() < until {
             match socket::recv(self.conn.as_raw_fd(), self.buf, flags) {
-                Ok(0) => return End::Stopped,
+                Ok(0) => break,
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => {
                     match nix::poll::poll(&mut [PollFd::new(self.conn, POLLIN)], quiet) {
-                        Ok(0) => return End::Stopped,
+                        Ok(0) => break,
                         Ok(_) | Err(Errno::EINTR) => continue,
-                        Err(_) => return End::Stopped,
+                        Err(_) => break,
                     }
                 }
-                Err(_) => return End::Stopped,
+                Err(_) => break,
             }
         }
+        Ok(())
     }
 }
 
