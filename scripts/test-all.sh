@@ -5,6 +5,7 @@
 #   scripts/test-all.sh                   # host + armv7, armv6, aarch64
 #   FORKECHO_TARGETS="armv7-unknown-linux-musleabihf" scripts/test-all.sh
 #   FORKECHO_TARGETS="" scripts/test-all.sh   # host only
+#   FORKECHO_SKIP_BOOT=1 scripts/test-all.sh  # without the full-system boots
 #
 # Installs what is missing on Debian (see scripts/toolchain.sh).
 set -euo pipefail
@@ -61,4 +62,11 @@ for target in $TARGETS; do
             cargo test --tests
     )
 done
+# The release binaries on real ARM kernels with BusyBox init (qemu-system):
+# deploy/forkecho.init, privileges, limits, shutdown, on five board models.
+# FORKECHO_SKIP_BOOT=1 skips it for a quick run; CI never does.
+if [ -n "$TARGETS" ]; then
+    echo "== full-system boots (scripts/boot-test.sh)"
+    FORKECHO_BOOT_TRIPLES="$TARGETS" scripts/boot-test.sh
+fi
 echo "== all tests passed (host${TARGETS:+ and $TARGETS})"
