@@ -64,7 +64,14 @@ impl Children {
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.forget(pid);
                     stats.killed += 1;
-                    if quiet != Some(sig) {
+                    if sig == Signal::SIGSYS {
+                        // Only the seccomp filter sends SIGSYS: a bug, or worse.
+                        stats.killed_sandbox += 1;
+                        crate::log!(
+                            Level::Error,
+                            "child {pid} killed by the sandbox (SIGSYS): a forbidden system call"
+                        );
+                    } else if quiet != Some(sig) {
                         crate::log!(Level::Info, "child {pid} killed by {}", sig.as_str());
                     }
                 }

@@ -44,6 +44,8 @@
 //! The child:
 //! - [`session`]: the descriptor cleanup after fork, the echo loop with its
 //!   limits, and the exit-status protocol (`End::status`/`End::from_status`).
+//! - [`sandbox`]: `--sandbox`, the seccomp filter a child installs before
+//!   touching its connection, and the start-up probe.
 //!
 //! Everywhere:
 //! - [`log`]: one-write log lines formatted in fixed storage, the rate limit
@@ -66,6 +68,7 @@ mod limits;
 mod listener;
 mod log;
 mod privs;
+mod sandbox;
 mod session;
 mod signals;
 mod stats;
@@ -141,6 +144,7 @@ fn start() -> Result<()> {
             buffer_size: cfg.buffer_size,
             mode: cfg.echo_mode,
             limits: cfg.limits,
+            sandbox: cfg.sandbox,
         })?;
         sys::exit(end.status());
     }
@@ -153,6 +157,8 @@ fn start() -> Result<()> {
         Some(passed) => passed,
         None => bind(&cfg)?,
     };
+    // Probed before the handlers go in: the probe's exit is then no signal.
+    let sandbox = sandbox::Sandbox::prepare(cfg.sandbox)?;
     // Handlers go in after binding, so a bind failure exits with the default
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
@@ -167,6 +173,7 @@ fn start() -> Result<()> {
     let settings = supervisor::Settings {
         max_children: cfg.max_children,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
+        sandbox,
     };
     let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
     // Bound, reserve descriptor open: now give up root, for good.

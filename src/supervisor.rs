@@ -40,6 +40,8 @@ pub struct Settings {
     pub max_children: usize,
     /// `--shutdown-timeout`: how long children get after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// Whether each child installs the seccomp filter.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 pub struct Supervisor {
@@ -235,7 +237,7 @@ impl Supervisor {
     }
 
     /// The child, right after fork: close every descriptor it must not hold,
-    /// restore default signal handling, echo, `_exit`.
+    /// restore default signal handling, enter the sandbox, echo, `_exit`.
     fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
@@ -243,6 +245,7 @@ impl Supervisor {
             self.close_own_fds();
         }
         self.pipe.reset_in_child();
+        self.settings.sandbox.enter(peer);
         #[cfg(feature = "alloc-count")]
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
