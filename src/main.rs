@@ -157,8 +157,6 @@ fn start() -> Result<()> {
         Some(passed) => passed,
         None => bind(&cfg)?,
     };
-    // Probed before the handlers go in: the probe's exit is then no signal.
-    let sandbox = sandbox::Sandbox::prepare(cfg.sandbox)?;
     // Handlers go in after binding, so a bind failure exits with the default
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
@@ -173,12 +171,14 @@ fn start() -> Result<()> {
     let settings = supervisor::Settings {
         max_children: cfg.max_children,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
-        sandbox,
     };
     let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;
+    // Probed as the children run (after the drop), and after every other
+    // start-up check, so a failed start is still one line.
+    sup.sandbox(sandbox::Sandbox::prepare(cfg.sandbox)?);
     sup.announce();
     sup.run();
     Ok(())

@@ -148,7 +148,7 @@ const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const LEN: usize = 4 + arch::X32_BIT.is_some() as usize + COMMON.len() + arch::EXTRA.len() + 5 + 2;
 
 /// The program every sandboxed child installs.
-pub static FILTER: [sock_filter; LEN] = build();
+static FILTER: [sock_filter; LEN] = build();
 
 const fn op(code: u16, k: u32, jt: usize, jf: usize) -> sock_filter {
     // A jump longer than 255 fails the build here, never at run time.
@@ -200,7 +200,7 @@ fn install() -> core::result::Result<(), Errno> {
 }
 
 /// What a child does about the sandbox, decided once at start-up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Sandbox {
     on: bool,
     /// Test hook (`FORKECHO_TEST_SANDBOX_VIOLATE=ADDR`): a child serving
@@ -300,15 +300,17 @@ fn probe() -> core::result::Result<(), String> {
         Err(e) => return Err(format!("cannot fork the probe: {}", Reason(e))),
     };
     loop {
-        return match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, code)) => Err(Reason(Errno::from_raw(code)).to_string()),
-            Ok(WaitStatus::Signaled(_, sig, _)) => {
-                Err(format!("the probe died of {}", sig.as_str()))
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => return Ok(()),
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Err(Reason(Errno::from_raw(code)).to_string())
             }
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(e) => Err(Reason(e).to_string()),
-        };
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                return Err(format!("the probe died of {}", sig.as_str()))
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(Reason(e).to_string()),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::error::Reason;
 use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, SHORT_PAUSE};
 use crate::listener::{self, Listeners};
 use crate::log::{Level, PeerDisplay};
+use crate::sandbox::Sandbox;
 use crate::session;
 use crate::signals::{Pending, SelfPipe};
 use crate::stats::{Stats, Status};
@@ -40,8 +41,6 @@ pub struct Settings {
     pub max_children: usize,
     /// `--shutdown-timeout`: how long children get after SIGTERM.
     pub shutdown_timeout: Duration,
-    /// Whether each child installs the seccomp filter.
-    pub sandbox: crate::sandbox::Sandbox,
 }
 
 pub struct Supervisor {
@@ -66,6 +65,8 @@ pub struct Supervisor {
     /// counted once per episode).
     at_cap: bool,
     stats: Stats,
+    /// Whether each child installs the seccomp filter.
+    sandbox: Sandbox,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -93,10 +94,17 @@ impl Supervisor {
             settings,
             at_cap: false,
             stats: Stats::default(),
+            sandbox: Sandbox::default(),
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
         }
+    }
+
+    /// Whether children install the seccomp filter: decided after the
+    /// privilege drop (off until then).
+    pub fn sandbox(&mut self, sandbox: Sandbox) {
+        self.sandbox = sandbox;
     }
 
     /// One "listening on" line per listener, with the port really bound, so
@@ -245,7 +253,7 @@ impl Supervisor {
             self.close_own_fds();
         }
         self.pipe.reset_in_child();
-        self.settings.sandbox.enter(peer);
+        self.sandbox.enter(peer);
         #[cfg(feature = "alloc-count")]
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
