@@ -65,7 +65,8 @@ impl Children {
                     self.forget(pid);
                     stats.killed += 1;
                     if sig == Signal::SIGSYS {
-                        // Only the seccomp filter sends SIGSYS: a bug, or worse.
+                        // The seccomp filter kills with SIGSYS: a gap in its
+                        // list, or a session doing what it never should.
                         stats.killed_sandbox += 1;
                         crate::log!(
                             Level::Error,
