@@ -18,7 +18,7 @@ TARGETS="${FORKECHO_TARGETS-$(all_targets | tr '\n' ' ')}"
 
 ensure_host
 echo "== host: cargo test (with the allocation counter)"
-cargo test --features alloc-count
+cargo test --features alloc-count,sandbox-test
 echo "== host: deploy/ units (systemd-analyze verify) and init script"
 scripts/verify-deploy.sh
 
@@ -50,7 +50,7 @@ for target in $TARGETS; do
         fi
 
         echo "== $target: unit and integration tests, built for $target, under $(runner_for "$target")"
-        zb test --profile qemu-test --features alloc-count --target "$target"
+        zb test --profile qemu-test --features alloc-count,sandbox-test --target "$target"
 
         echo "== $target: integration tests against the release binary under $(runner_for "$target")"
         # The host-built harness drives the exact binary that ships: every

@@ -86,6 +86,7 @@ pub struct Inetd<'a> {
     pub buffer_size: usize,
     pub mode: session::Mode,
     pub limits: session::Limits,
+    pub sandbox: crate::sandbox::Mode,
 }
 
 /// `--inetd`: echo the one connection on descriptor 0 in this process, no
@@ -121,10 +122,11 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
     set_nonblocking(conn)
         .and_then(|()| listener::urgent_inline(&conn))
         .map_err(|e| Error::sys("--inetd: cannot set up descriptor 0", e))?;
-    let mut buf = vec![0u8; cfg.buffer_size];
-    Ok(session::run(
-        conn, peer, &mut buf, cfg.mode, cfg.limits, mask,
-    ))
+    // Leaked, not freed: the process ends with `_exit` right after the
+    // session, and freeing would need munmap, which the sandbox forbids.
+    let buf = vec![0u8; cfg.buffer_size].leak();
+    crate::sandbox::enter_inetd(cfg.sandbox)?;
+    Ok(session::run(conn, peer, buf, cfg.mode, cfg.limits, mask))
 }
 
 /// `fcntl(F_GETFL)` then `fcntl(F_SETFL)` adding `O_NONBLOCK`, keeping the

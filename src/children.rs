@@ -150,7 +150,17 @@ impl Children {
                 Ok(WaitStatus::Signaled(pid, sig, _)) => {
                     self.forget(pid);
                     stats.killed += 1;
-                    crate::log!(Level::Info, "child {pid} killed by {}", sig.as_str());
+                    if sig == Signal::SIGSYS {
+                        // The seccomp filter kills with SIGSYS: a gap in its
+                        // list, or a session doing what it never should.
+                        stats.killed_sandbox += 1;
+                        crate::log!(
+                            Level::Error,
+                            "child {pid} killed by the sandbox (SIGSYS): a forbidden system call"
+                        );
+                    } else {
+                        crate::log!(Level::Info, "child {pid} killed by {}", sig.as_str());
+                    }
                 }
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(_) => break, // ECHILD: no children at all.

@@ -109,6 +109,12 @@ struct Args {
     #[argh(option, default = "limits::DEFAULT_SHUTDOWN_SECS")]
     shutdown_timeout: u32,
 
+    /// confine each child with a seccomp filter that allows only the calls
+    /// an echo makes: auto (where the kernel takes one), on (or refuse to
+    /// start), off. Default: auto
+    #[argh(option, default = "String::from(\"auto\")")]
+    sandbox: String,
+
     /// serve the one connection on descriptor 0 and exit, without forking
     /// or listening (inetd, xinetd, systemd Accept=yes)
     #[argh(switch)]
@@ -169,6 +175,7 @@ pub struct Config {
     /// The refusal text with its CRLF; empty for none.
     pub reject_message: Vec<u8>,
     pub inetd: bool,
+    pub sandbox: crate::sandbox::Mode,
     pub ready_fd: Option<i32>,
     pub user: Option<String>,
     pub group: Option<String>,
@@ -237,6 +244,12 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
         policy: policy(&args)?,
         reject_message: reject_message(args.reject_message.as_deref())?,
         inetd: args.inetd,
+        sandbox: args.sandbox.parse().map_err(|()| {
+            usage(&format!(
+                "--sandbox {}: must be auto, on or off",
+                args.sandbox
+            ))
+        })?,
         ready_fd,
         user: args.user,
         group: args.group,

@@ -44,6 +44,8 @@
 //! The child:
 //! - [`session`]: the descriptor cleanup after fork, the echo loop with its
 //!   limits, and the exit-status protocol (`End::status`/`End::from_status`).
+//! - [`sandbox`]: `--sandbox`, the seccomp filter a child installs before
+//!   touching its connection, and the start-up probe.
 //!
 //! Everywhere:
 //! - [`log`]: one-write log lines formatted in fixed storage, the rate limit
@@ -66,6 +68,7 @@ mod limits;
 mod listener;
 mod log;
 mod privs;
+mod sandbox;
 mod session;
 mod shared;
 mod signals;
@@ -151,6 +154,7 @@ fn start() -> Result<()> {
             buffer_size: cfg.buffer_size,
             mode: cfg.echo_mode,
             limits: cfg.limits,
+            sandbox: cfg.sandbox,
         })?;
         sys::exit(end.inetd_status());
     }
@@ -191,6 +195,9 @@ fn start() -> Result<()> {
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;
+    // Probed as the children run (after the drop), and after every other
+    // start-up check, so a failed start is still one line.
+    sup.sandbox(sandbox::Sandbox::prepare(cfg.sandbox)?);
     sup.announce();
     sup.run();
     Ok(())

@@ -21,6 +21,8 @@ pub struct Stats {
     pub lifetime_end: u64,
     /// Children reaped that a signal ended.
     pub killed: u64,
+    /// Of those, the ones the seccomp filter killed (SIGSYS).
+    pub killed_sandbox: u64,
     /// Times the loop reached `--max-children` and stopped accepting (new
     /// clients then wait in the kernel backlog); once per episode, not per
     /// turn at the cap.
@@ -76,7 +78,7 @@ impl fmt::Display for Status<'_> {
         let s = self.stats;
         write!(
             f,
-            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={} cap_reached={} refused_deny={} refused_global_rate={} refused_rate={} refused_per_ip={} stopped={} evicted={} log_dropped={}",
+            "status: active={} accepted={} exited_ok={} exited_error={} idle_timeout={} lifetime_end={} killed={} fork_failed={} dropped_no_fd={} accept_retried={} accept_paused={} cap_reached={} refused_deny={} refused_global_rate={} refused_rate={} refused_per_ip={} stopped={} evicted={} log_dropped={} killed_sandbox={}",
             self.active,
             s.accepted,
             s.exited_ok,
@@ -95,7 +97,8 @@ impl fmt::Display for Status<'_> {
             s.refused_per_ip,
             s.stopped,
             s.evicted,
-            self.log_dropped
+            self.log_dropped,
+            s.killed_sandbox
         )
     }
 }
@@ -120,7 +123,7 @@ mod tests {
                 log_dropped: 2
             }
             .to_string(),
-            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0 stopped=0 evicted=0 log_dropped=2"
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0 stopped=0 evicted=0 log_dropped=2 killed_sandbox=0"
         );
     }
 }

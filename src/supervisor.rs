@@ -25,6 +25,7 @@ use crate::error::Reason;
 use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, SHORT_PAUSE};
 use crate::listener::{self, Listeners};
 use crate::log::{Level, PeerDisplay};
+use crate::sandbox::Sandbox;
 use crate::session;
 use crate::signals::{Pending, SelfPipe};
 use crate::stats::{Stats, Status};
@@ -72,6 +73,8 @@ pub struct Supervisor {
     /// Set once shutdown began: children forked now start stopping.
     stopping: bool,
     stats: Stats,
+    /// Whether each child installs the seccomp filter.
+    sandbox: Sandbox,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -100,10 +103,17 @@ impl Supervisor {
             at_cap: false,
             stopping: false,
             stats: Stats::default(),
+            sandbox: Sandbox::default(),
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
         }
+    }
+
+    /// Whether children install the seccomp filter: decided after the
+    /// privilege drop (off until then).
+    pub fn sandbox(&mut self, sandbox: Sandbox) {
+        self.sandbox = sandbox;
     }
 
     /// One "listening on" line per listener, with the port really bound, so
@@ -296,7 +306,7 @@ impl Supervisor {
     }
 
     /// The child, right after fork: close every descriptor it must not hold,
-    /// restore default signal handling, echo, `_exit`.
+    /// restore default signal handling, enter the sandbox, echo, `_exit`.
     fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
@@ -307,6 +317,7 @@ impl Supervisor {
         if self.stopping {
             crate::signals::request_stop();
         }
+        self.sandbox.enter(peer);
         #[cfg(feature = "alloc-count")]
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));

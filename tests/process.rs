@@ -291,7 +291,7 @@ fn sigusr1_writes_one_status_line_with_exact_counters() {
         line.ends_with(
             "status: active=1 accepted=7 exited_ok=5 exited_error=0 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 \
              dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 \
-             refused_global_rate=0 refused_rate=0 refused_per_ip=0 stopped=0 evicted=0 log_dropped=0"
+             refused_global_rate=0 refused_rate=0 refused_per_ip=0 stopped=0 evicted=0 log_dropped=0 killed_sandbox=0"
         ),
         "{line}"
     );
