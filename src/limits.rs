@@ -64,3 +64,18 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
 pub const LINE_MAX: usize = 512;
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 pub const SPLICE_CHUNK: usize = 64 * 1024;
+
+/// `--metrics-interval`: often enough for a 15 s scrape, rare enough that a
+/// board's flash is not worn by the rewrites.
+pub const METRICS_SECS: RangeInclusive<u32> = 1..=3600;
+pub const DEFAULT_METRICS_SECS: u32 = 15;
+/// Longest `--metrics-file` path: nix copies shorter paths onto the stack to
+/// add the NUL; a longer one would allocate on every retry of the directory.
+pub const METRICS_PATH_MAX: usize = 1023;
+/// Longest file name in it: the temporary `.NAME.tmp` must still fit the
+/// kernel's NAME_MAX (255).
+pub const METRICS_NAME_MAX: usize = 250;
+/// The whole metrics text, formatted in place before the one write: every
+/// counter at its 20-digit maximum fits with room to spare (a unit test in
+/// `metrics` checks).
+pub const METRICS_TEXT_MAX: usize = 4096;

@@ -23,6 +23,7 @@ use crate::error::Reason;
 use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, SHORT_PAUSE};
 use crate::listener::{self, Listeners};
 use crate::log::{Level, PeerDisplay};
+use crate::metrics::Metrics;
 use crate::session;
 use crate::signals::{Pending, SelfPipe};
 use crate::stats::{Stats, Status};
@@ -64,6 +65,8 @@ pub struct Supervisor {
     /// counted once per episode).
     at_cap: bool,
     stats: Stats,
+    /// `--metrics-file`, written on a timer the loop's wait honours.
+    metrics: Metrics,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -79,6 +82,7 @@ impl Supervisor {
         gate: Gate,
         setup: session::Setup,
         settings: Settings,
+        metrics: Metrics,
     ) -> Self {
         Supervisor {
             listeners,
@@ -91,6 +95,7 @@ impl Supervisor {
             settings,
             at_cap: false,
             stats: Stats::default(),
+            metrics,
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
@@ -112,6 +117,9 @@ impl Supervisor {
     pub fn run(mut self) {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
+        // After the privilege drop: the file belongs to the user that keeps
+        // replacing it.
+        self.export();
         loop {
             let (ready, signalled) = self.wait();
             let pending = if signalled {
@@ -120,6 +128,10 @@ impl Supervisor {
                 Pending::default()
             };
             self.children.reap(&mut self.stats, None);
+            // The file first: once the status line is out, it is in place.
+            if pending.status || self.metrics.next_due() <= Some(Instant::now()) {
+                self.export();
+            }
             if pending.status {
                 self.log_status();
             }
@@ -155,7 +167,8 @@ impl Supervisor {
                 let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
             }
         }
-        let timeout = paused.map(|t| t.saturating_duration_since(now));
+        let wake = paused.into_iter().chain(self.metrics.next_due()).min();
+        let timeout = wake.map(|t| t.saturating_duration_since(now));
         let (failed, mut signalled) = match self.pipe.ppoll(&mut fds, timeout) {
             Ok(_) => (None, false),
             Err(Errno::EINTR) => (None, true),
@@ -173,6 +186,15 @@ impl Supervisor {
             return (0, false);
         }
         (ready, signalled)
+    }
+
+    /// Writes `--metrics-file` (if given) with the counters as they are.
+    fn export(&mut self) {
+        let status = Status {
+            active: self.children.len(),
+            stats: &self.stats,
+        };
+        self.metrics.write(&status, Instant::now());
     }
 
     /// SIGUSR1: one line with every counter, always written (even with -q:
@@ -267,6 +289,7 @@ impl Supervisor {
             crate::sys::close_raw(r.as_raw_fd());
         }
         self.readiness.close_in_child();
+        self.metrics.close_in_child();
     }
 
     /// SIGTERM/SIGINT: close the listeners, SIGTERM the children, wait up to
@@ -303,6 +326,7 @@ impl Supervisor {
             let _ = self.pipe.ppoll(&mut fds, Some(deadline - now));
             self.pipe.drain();
         }
+        self.export();
         crate::log!(Level::Info, "stopped");
     }
 }
