@@ -287,8 +287,7 @@ fn metrics(args: &Args) -> Result<Option<crate::metrics::Spec>> {
     let spec = crate::metrics::Spec::parse(path, Duration::from_secs(secs.into()));
     spec.map(Some).ok_or_else(|| {
         usage(&format!(
-            "--metrics-file {path}: must name a file, up to {} bytes in all and {} in the name",
-            limits::METRICS_PATH_MAX,
+            "--metrics-file {path}: must name a file, up to {} bytes, without NUL",
             limits::METRICS_NAME_MAX
         ))
     })

@@ -69,9 +69,6 @@ pub const SPLICE_CHUNK: usize = 64 * 1024;
 /// board's flash is not worn by the rewrites.
 pub const METRICS_SECS: RangeInclusive<u32> = 1..=3600;
 pub const DEFAULT_METRICS_SECS: u32 = 15;
-/// Longest `--metrics-file` path: nix copies shorter paths onto the stack to
-/// add the NUL; a longer one would allocate on every retry of the directory.
-pub const METRICS_PATH_MAX: usize = 1023;
 /// Longest file name in it: the temporary `.NAME.tmp` must still fit the
 /// kernel's NAME_MAX (255).
 pub const METRICS_NAME_MAX: usize = 250;

@@ -18,13 +18,14 @@
 //! relative to the root the server has by then, inside any `--chroot`.
 
 use crate::error::Reason;
-use crate::limits::{METRICS_NAME_MAX, METRICS_PATH_MAX, METRICS_TEXT_MAX};
+use crate::limits::{METRICS_NAME_MAX, METRICS_TEXT_MAX};
 use crate::log::{Level, LogLimit};
 use crate::stats::Status;
 use core::fmt::{self, Write};
 use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,15 +34,17 @@ use std::time::{Duration, Instant, SystemTime};
 pub struct Spec {
     /// The path as given, for log lines.
     pub path: String,
-    dir: String,
-    name: String,
-    tmp: String,
+    // C strings made once: nix passes them to the kernel as they are,
+    // without a copy per call.
+    dir: CString,
+    name: CString,
+    tmp: CString,
     pub interval: Duration,
 }
 
 impl Spec {
     /// Splits `path` into directory and file name; `None` when it names no
-    /// file or is too long (see `limits`).
+    /// file, has a NUL, or a name too long for the temporary name.
     pub fn parse(path: &str, interval: Duration) -> Option<Spec> {
         let (dir, name) = match path.rsplit_once('/') {
             Some(("", name)) => ("/", name),
@@ -49,14 +52,14 @@ impl Spec {
             None => (".", path),
         };
         let bad = name.is_empty() || name == "." || name == "..";
-        if bad || name.len() > METRICS_NAME_MAX || path.len() > METRICS_PATH_MAX {
+        if bad || name.len() > METRICS_NAME_MAX {
             return None;
         }
         Some(Spec {
             path: path.into(),
-            dir: dir.into(),
-            name: name.into(),
-            tmp: format!(".{name}.tmp"),
+            dir: CString::new(dir).ok()?,
+            name: CString::new(name).ok()?,
+            tmp: CString::new(format!(".{name}.tmp")).ok()?,
             interval,
         })
     }
@@ -106,6 +109,10 @@ impl Metrics {
         self.0.as_ref().map(|e| e.next)
     }
 
+    pub fn due(&self, now: Instant) -> bool {
+        self.next_due().is_some_and(|t| t <= now)
+    }
+
     /// Writes the file; on failure counts and (rate-limited) logs.
     pub fn write(&mut self, status: &Status<'_>, now: Instant) {
         let Some(e) = &mut self.0 else { return };
@@ -137,9 +144,9 @@ impl Metrics {
     }
 }
 
-fn open_dir(dir: &str) -> nix::Result<OwnedFd> {
+fn open_dir(dir: &CString) -> nix::Result<OwnedFd> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    fcntl::open(dir, flags, Mode::empty())
+    fcntl::open(dir.as_c_str(), flags, Mode::empty())
 }
 
 impl Exporter {
@@ -154,7 +161,7 @@ impl Exporter {
                 slot.insert(fd.map_err(|e| Failure("open its directory", Reason(e)))?)
             }
         };
-        let tmp = self.spec.tmp.as_str();
+        let tmp = self.spec.tmp.as_c_str();
         // O_NONBLOCK: a FIFO planted under the name must not hang the loop;
         // O_NOFOLLOW: nor a symlink redirect the write.
         let flags = OFlag::O_WRONLY
@@ -175,7 +182,7 @@ impl Exporter {
             }
         };
         let written = fill(file, text).and_then(|()| {
-            fcntl::renameat(dir, tmp, dir, self.spec.name.as_str())
+            fcntl::renameat(dir, tmp, dir, self.spec.name.as_c_str())
                 .map_err(|e| Failure("rename the temporary file", Reason(e)))
         });
         if written.is_err() {
@@ -200,105 +207,130 @@ fn fill(file: OwnedFd, text: &[u8]) -> Result<(), Failure> {
     nix::unistd::close(file).map_err(|e| Failure("close the temporary file", Reason(e)))
 }
 
+/// Every family in the file, in its order: name, type, help.
+const FAMILIES: [(&str, &str, &str); 12] = [
+    ("info", "gauge", "The running build."),
+    (
+        "start_time_seconds",
+        "gauge",
+        "Start of the server in seconds since the Unix epoch.",
+    ),
+    (
+        "sessions_active",
+        "gauge",
+        "Children serving a connection now.",
+    ),
+    (
+        "accepted_total",
+        "counter",
+        "Connections accepted and handed to a child.",
+    ),
+    (
+        "sessions_ended_total",
+        "counter",
+        "Children reaped, by how the session ended.",
+    ),
+    (
+        "refused_total",
+        "counter",
+        "Connections refused without a fork, by reason.",
+    ),
+    (
+        "fork_failed_total",
+        "counter",
+        "Failed forks (the connection was closed).",
+    ),
+    (
+        "dropped_no_fd_total",
+        "counter",
+        "Connections closed at once for lack of descriptors.",
+    ),
+    (
+        "accept_retried_total",
+        "counter",
+        "Accept errors retried at once.",
+    ),
+    (
+        "accept_paused_total",
+        "counter",
+        "Accept errors that paused the listeners.",
+    ),
+    (
+        "cap_reached_total",
+        "counter",
+        "Times the loop reached --max-children.",
+    ),
+    (
+        "metrics_write_failed_total",
+        "counter",
+        "Writes of this file that failed.",
+    ),
+];
+
 /// The text: a family per counter of the status line, refusals and session
 /// ends as labelled series, the build as `forkecho_info`. The write-failure
-/// counter comes last, so a reader can tell a whole file.
+/// counter comes last, so a reader can tell a whole file. A table and two
+/// `write!`s: on a board every formatting call site costs bytes.
 fn render(w: &mut impl Write, s: &Status<'_>, started: u64, failed: u64) -> fmt::Result {
     let t = s.stats;
-    family(w, "info", "gauge", "The running build.")?;
-    writeln!(
-        w,
-        "forkecho_info{{version=\"{}\",target=\"{}\"}} 1",
+    let info = concat!(
+        "version=\"",
         env!("CARGO_PKG_VERSION"),
-        env!("FORKECHO_TARGET")
-    )?;
-    let start = "Start of the server in seconds since the Unix epoch.";
-    single(w, "start_time_seconds", "gauge", start, started)?;
-    let active = "Children serving a connection now.";
-    single(w, "sessions_active", "gauge", active, s.active as u64)?;
-    let accepted = "Connections accepted and handed to a child.";
-    single(w, "accepted_total", "counter", accepted, t.accepted)?;
-    labelled(
-        w,
-        ("sessions_ended_total", "cause"),
-        "Children reaped, by how the session ended.",
-        &[
-            ("ok", t.exited_ok),
-            ("error", t.exited_error),
-            ("idle_timeout", t.idle_timeout),
-            ("max_session", t.lifetime_end),
-            ("killed", t.killed),
-        ],
-    )?;
-    labelled(
-        w,
-        ("refused_total", "reason"),
-        "Connections refused without a fork, by reason.",
-        &[
-            ("deny", t.refused_deny),
-            ("global_rate", t.refused_global_rate),
-            ("rate", t.refused_rate),
-            ("per_ip", t.refused_per_ip),
-        ],
-    )?;
-    for (name, help, v) in [
+        "\",target=\"",
+        env!("FORKECHO_TARGET"),
+        "\""
+    );
+    let series: [(&str, &str, u64); 19] = [
+        ("info", info, 1),
+        ("start_time_seconds", "", started),
+        ("sessions_active", "", s.active as u64),
+        ("accepted_total", "", t.accepted),
+        ("sessions_ended_total", "cause=\"ok\"", t.exited_ok),
+        ("sessions_ended_total", "cause=\"error\"", t.exited_error),
         (
-            "fork_failed_total",
-            "Failed forks (the connection was closed).",
-            t.fork_failed,
+            "sessions_ended_total",
+            "cause=\"idle_timeout\"",
+            t.idle_timeout,
         ),
         (
-            "dropped_no_fd_total",
-            "Connections closed at once for lack of descriptors.",
-            t.dropped_no_fd,
+            "sessions_ended_total",
+            "cause=\"max_session\"",
+            t.lifetime_end,
         ),
+        ("sessions_ended_total", "cause=\"killed\"", t.killed),
+        ("refused_total", "reason=\"deny\"", t.refused_deny),
         (
-            "accept_retried_total",
-            "Accept errors retried at once.",
-            t.accept_retried,
+            "refused_total",
+            "reason=\"global_rate\"",
+            t.refused_global_rate,
         ),
-        (
-            "accept_paused_total",
-            "Accept errors that paused the listeners.",
-            t.accept_paused,
-        ),
-        (
-            "cap_reached_total",
-            "Times the loop reached --max-children.",
-            t.cap_reached,
-        ),
-        (
-            "metrics_write_failed_total",
-            "Writes of this file that failed.",
-            failed,
-        ),
-    ] {
-        single(w, name, "counter", help, v)?;
-    }
-    Ok(())
-}
-
-fn family(w: &mut impl Write, name: &str, kind: &str, help: &str) -> fmt::Result {
-    write!(
-        w,
-        "# HELP forkecho_{name} {help}\n# TYPE forkecho_{name} {kind}\n"
-    )
-}
-
-fn single(w: &mut impl Write, name: &str, kind: &str, help: &str, v: u64) -> fmt::Result {
-    family(w, name, kind, help)?;
-    writeln!(w, "forkecho_{name} {v}")
-}
-
-fn labelled(
-    w: &mut impl Write,
-    (name, key): (&str, &str),
-    help: &str,
-    series: &[(&str, u64)],
-) -> fmt::Result {
-    family(w, name, "counter", help)?;
-    for (label, v) in series {
-        writeln!(w, "forkecho_{name}{{{key}=\"{label}\"}} {v}")?;
+        ("refused_total", "reason=\"rate\"", t.refused_rate),
+        ("refused_total", "reason=\"per_ip\"", t.refused_per_ip),
+        ("fork_failed_total", "", t.fork_failed),
+        ("dropped_no_fd_total", "", t.dropped_no_fd),
+        ("accept_retried_total", "", t.accept_retried),
+        ("accept_paused_total", "", t.accept_paused),
+        ("cap_reached_total", "", t.cap_reached),
+        ("metrics_write_failed_total", "", failed),
+    ];
+    let mut families = FAMILIES.iter();
+    let mut family = "";
+    for (name, labels, v) in series {
+        if name != family {
+            // The series above follow the families' order.
+            let (head, kind, help) = families.next().ok_or(fmt::Error)?;
+            family = head;
+            write!(
+                w,
+                "# HELP forkecho_{head} {help}\n# TYPE forkecho_{head} {kind}\n"
+            )?;
+        }
+        let (open, close) = if labels.is_empty() {
+            ("", "")
+        } else {
+            ("{", "}")
+        };
+        writeln!(w, "forkecho_{name}{open}{labels}{close} {v}")?;
     }
     Ok(())
 }
@@ -311,7 +343,9 @@ mod tests {
     #[test]
     fn paths_split_into_directory_and_name() {
         fn s(p: &str) -> Option<(String, String, String)> {
-            Spec::parse(p, Duration::from_secs(1)).map(|s| (s.dir, s.name, s.tmp))
+            let s = Spec::parse(p, Duration::from_secs(1))?;
+            let text = |c: CString| c.into_string().unwrap();
+            Some((text(s.dir), text(s.name), text(s.tmp)))
         }
         let t = |d: &str, n: &str, m: &str| Some((d.into(), n.into(), m.into()));
         assert_eq!(s("/var/lib/x.prom"), t("/var/lib", "x.prom", ".x.prom.tmp"));
@@ -322,7 +356,7 @@ mod tests {
         }
         assert!(s(&"n".repeat(METRICS_NAME_MAX)).is_some());
         assert!(s(&"n".repeat(METRICS_NAME_MAX + 1)).is_none());
-        assert!(s(&format!("/{}/x", "d".repeat(METRICS_PATH_MAX))).is_none());
+        assert!(s("/d/x\0y").is_none());
     }
 
     #[test]

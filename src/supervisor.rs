@@ -129,7 +129,7 @@ impl Supervisor {
             };
             self.children.reap(&mut self.stats, None);
             // The file first: once the status line is out, it is in place.
-            if pending.status || self.metrics.next_due() <= Some(Instant::now()) {
+            if pending.status || self.metrics.due(Instant::now()) {
                 self.export();
             }
             if pending.status {
