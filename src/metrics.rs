@@ -317,12 +317,14 @@ fn render(w: &mut impl Write, s: &Status<'_>, started: u64, failed: u64) -> fmt:
     let mut family = "";
     for (name, labels, v) in series {
         if name != family {
-            // The series above follow the families' order.
-            let (head, kind, help) = families.next().ok_or(fmt::Error)?;
-            family = head;
+            // The series follow the families' order; a slip fails the write
+            // (and the unit test) instead of mislabelling.
+            let next = families.next().filter(|f| f.0 == name);
+            let (_, kind, help) = next.ok_or(fmt::Error)?;
+            family = name;
             write!(
                 w,
-                "# HELP forkecho_{head} {help}\n# TYPE forkecho_{head} {kind}\n"
+                "# HELP forkecho_{name} {help}\n# TYPE forkecho_{name} {kind}\n"
             )?;
         }
         let (open, close) = if labels.is_empty() {
