@@ -261,7 +261,9 @@ fn readers_never_see_a_partial_file() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(versions >= 10, "only {versions} versions seen: {report}");
+    // A floor, not a rate: a loaded QEMU host rewrites far less often, and
+    // (inode, mtime) pairs can repeat, so this undercounts.
+    assert!(versions >= 3, "only {versions} versions seen: {report}");
     round_trip(&srv, b"still serving");
 }
 
