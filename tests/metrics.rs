@@ -179,6 +179,8 @@ fn counters_of_a_known_sequence_at_start_on_sigusr1_and_at_shutdown() {
     }
     let mut denied = srv.connect_from("127.0.0.2");
     assert_eq!(read_to_eof_within(&mut denied, SOON), b"");
+    // Echoed is not yet reaped: wait, so the next child is the only one.
+    assert_eq!(srv.wait_children(0, SOON), 0);
     let (_victim_conn, victim) = open_session(&srv, b"k");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     assert_eq!(srv.wait_children(0, SOON), 0);
@@ -279,6 +281,7 @@ fn a_missing_directory_costs_counted_failures_not_the_server() {
         "3600",
     ]);
     round_trip(&srv, b"serving without the directory");
+    assert_eq!(srv.wait_children(0, SOON), 0);
     srv.status();
     // Start-up and SIGUSR1: two failures, one log line (rate-limited).
     let log = srv.log();
