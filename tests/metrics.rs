@@ -184,7 +184,19 @@ fn counters_of_a_known_sequence_at_start_on_sigusr1_and_at_shutdown() {
     let (_victim_conn, victim) = open_session(&srv, b"k");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
     assert_eq!(srv.wait_children(0, SOON), 0);
-    let (_held, _) = open_session(&srv, b"held");
+    let (_held, child) = open_session(&srv, b"held");
+    // The directory descriptor is the parent's alone.
+    let dir_text = dir.to_str().unwrap();
+    assert!(
+        fds(srv.pid).iter().any(|(_, t)| t == dir_text),
+        "{:?}",
+        fds(srv.pid)
+    );
+    assert!(
+        !fds(child).iter().any(|(_, t)| t.starts_with(dir_text)),
+        "{:?}",
+        fds(child)
+    );
     // The status line comes after the file is in place.
     srv.status();
     check(&file, started, expected(1, 5, 3, 1, 1, 0));
