@@ -1,7 +1,8 @@
 # Sourced by the other scripts: finds or installs what a cross build and a
 # QEMU test run need, and picks how to build each target's standard library.
 #
-#   ensure_host             cargo (rustup), util-linux tools, file, systemd
+#   ensure_host             cargo (rustup), util-linux tools, file, systemd,
+#                           prometheus-client (PyPI)
 #   ensure_cross TARGET     zig linker, qemu-user, and either the rustup std
 #                           for TARGET or Debian's rustc + std source (build-std)
 #   zb ARGS...              cargo-zigbuild with the chosen mode's flags
@@ -41,6 +42,9 @@ ensure_host() {
     # unit checker for deploy/.
     command -v systemd-socket-activate >/dev/null 2>&1 || pkgs+=(systemd)
     [ ${#pkgs[@]} -eq 0 ] || apt_install "${pkgs[@]}"
+    # The Prometheus text-format parser that tests/metrics.rs reads the
+    # --metrics-file with.
+    python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 }
 
 # .cargo/config.toml is the one place that names the targets, their QEMU

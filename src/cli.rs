@@ -146,6 +146,16 @@ struct Args {
     #[argh(option)]
     syslog_socket: Option<String>,
 
+    /// write the counters to PATH in the Prometheus text format (for
+    /// node_exporter's textfile collector), atomically through .PATH.tmp:
+    /// at start, every --metrics-interval, on SIGUSR1 and at shutdown
+    #[argh(option)]
+    metrics_file: Option<String>,
+
+    /// seconds between two writes of --metrics-file, 1..=3600 (default 15)
+    #[argh(option)]
+    metrics_interval: Option<u32>,
+
     /// log every connection
     #[argh(switch, short = 'v')]
     verbose: bool,
@@ -183,6 +193,7 @@ pub struct Config {
     /// The syslog socket path with `--syslog`.
     pub syslog: Option<String>,
     pub level: crate::log::Level,
+    pub metrics: Option<crate::metrics::Spec>,
 }
 
 /// What the command line asks for.
@@ -223,6 +234,7 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
     let level = level(&args)?;
     let syslog = syslog(&args)?;
     let ready_fd = ready_fd(args.ready_fd)?;
+    let metrics = metrics(&args)?;
     Ok(Command::Run(Box::new(Config {
         listen: listen_specs(&args.listen)?,
         max_children: ranged("--max-children", args.max_children, limits::CHILDREN)? as usize,
@@ -256,6 +268,7 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
         chroot: args.chroot,
         syslog,
         level,
+        metrics,
     })))
 }
 
@@ -276,6 +289,30 @@ fn syslog(args: &Args) -> Result<Option<String>> {
         (false, Some(_)) => Err(usage("--syslog-socket needs --syslog")),
         (false, None) => Ok(None),
     }
+}
+
+/// `--metrics-file` with its interval; `--metrics-interval` alone is a
+/// mistake.
+fn metrics(args: &Args) -> Result<Option<crate::metrics::Spec>> {
+    let secs = args.metrics_interval;
+    let secs = ranged(
+        "--metrics-interval",
+        secs.unwrap_or(limits::DEFAULT_METRICS_SECS),
+        limits::METRICS_SECS,
+    )?;
+    let Some(path) = &args.metrics_file else {
+        return match args.metrics_interval {
+            Some(_) => Err(usage("--metrics-interval needs --metrics-file")),
+            None => Ok(None),
+        };
+    };
+    let spec = crate::metrics::Spec::parse(path, Duration::from_secs(secs.into()));
+    spec.map(Some).ok_or_else(|| {
+        usage(&format!(
+            "--metrics-file {path}: must name a file, up to {} bytes, without NUL",
+            limits::METRICS_NAME_MAX
+        ))
+    })
 }
 
 fn session_limits(args: &Args) -> Result<Limits> {
@@ -391,6 +428,7 @@ fn check_inetd(args: &Args) -> Result<()> {
         ("--rate", args.rate.is_some()),
         ("--global-rate", args.global_rate.is_some()),
         ("--ready-fd", args.ready_fd.is_some()),
+        ("--metrics-file", args.metrics_file.is_some()),
     ];
     match stateful.iter().find(|o| o.1) {
         Some((name, _)) => Err(usage(&format!(
@@ -620,6 +658,11 @@ mod tests {
                 Range(&limits::IPV6_PREFIX).to_string(),
                 limits::DEFAULT_IPV6_PREFIX.to_string(),
             ),
+            (
+                "metrics-interval",
+                Range(&limits::METRICS_SECS).to_string(),
+                s(limits::DEFAULT_METRICS_SECS),
+            ),
         ] {
             // An option's entry runs from its name to the next entry.
             let text = help
@@ -635,6 +678,32 @@ mod tests {
                 text.contains(&format!("(default {default})")),
                 "--{name}: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn metrics_options() {
+        assert!(run(&[]).metrics.is_none());
+        let m = run(&["--metrics-file", "/d/f.prom"]).metrics.unwrap();
+        assert_eq!((m.path.as_str(), m.interval.as_secs()), ("/d/f.prom", 15));
+        let m = run(&["--metrics-file", "f", "--metrics-interval", "3600"]);
+        assert_eq!(m.metrics.unwrap().interval.as_secs(), 3600);
+        for (args, needle) in [
+            (&["--metrics-interval", "5"][..], "needs --metrics-file"),
+            (
+                &["--metrics-file", "f", "--metrics-interval", "0"],
+                "1..=3600",
+            ),
+            (
+                &["--metrics-file", "/d/"],
+                "--metrics-file /d/: must name a file",
+            ),
+            (
+                &["--inetd", "--metrics-file", "f"],
+                "--metrics-file needs the",
+            ),
+        ] {
+            assert!(err(args).contains(needle), "{args:?}: {}", err(args));
         }
     }
 

@@ -73,3 +73,15 @@ pub const DRAIN_MAX: Duration = Duration::from_secs(5);
 /// make room for a new client at `--max-children`; 0 never evicts.
 pub const EVICT_SECS: RangeInclusive<u32> = 0..=86_400;
 pub const DEFAULT_EVICT_SECS: u32 = 1;
+
+/// `--metrics-interval`: often enough for a 15 s scrape, rare enough that a
+/// board's flash is not worn by the rewrites.
+pub const METRICS_SECS: RangeInclusive<u32> = 1..=3600;
+pub const DEFAULT_METRICS_SECS: u32 = 15;
+/// Longest file name in it: the temporary `.NAME.tmp` must still fit the
+/// kernel's NAME_MAX (255).
+pub const METRICS_NAME_MAX: usize = 250;
+/// The whole metrics text, formatted in place before the one write: every
+/// counter at its 20-digit maximum fits with room to spare (a unit test in
+/// `metrics` checks).
+pub const METRICS_TEXT_MAX: usize = 4096;

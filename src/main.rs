@@ -40,6 +40,8 @@
 //!   reserve descriptor, a pause), never a busy loop.
 //! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
+//! - [`metrics`]: the counters as a Prometheus text file (`--metrics-file`),
+//!   replaced atomically on a timer, on SIGUSR1, at start and at shutdown.
 //!
 //! The child:
 //! - [`session`]: the descriptor cleanup after fork, the echo loop with its
@@ -67,6 +69,7 @@ mod error;
 mod limits;
 mod listener;
 mod log;
+mod metrics;
 mod privs;
 mod sandbox;
 mod session;
@@ -191,7 +194,13 @@ fn start() -> Result<()> {
             error::Reason(e)
         );
     }
-    let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
+    // The directory is opened before the chroot: the path keeps its meaning.
+    let metrics = match cfg.metrics {
+        Some(spec) => metrics::Metrics::open(spec, Instant::now()),
+        None => metrics::Metrics::off(),
+    };
+    let mut sup =
+        supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings, metrics);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;

@@ -25,6 +25,7 @@ use crate::error::Reason;
 use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, SHORT_PAUSE};
 use crate::listener::{self, Listeners};
 use crate::log::{Level, PeerDisplay};
+use crate::metrics::Metrics;
 use crate::sandbox::Sandbox;
 use crate::session;
 use crate::signals::{Pending, SelfPipe};
@@ -75,6 +76,8 @@ pub struct Supervisor {
     stats: Stats,
     /// Whether each child installs the seccomp filter.
     sandbox: Sandbox,
+    /// `--metrics-file`, written on a timer the loop's wait honours.
+    metrics: Metrics,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -90,6 +93,7 @@ impl Supervisor {
         gate: Gate,
         setup: session::Setup,
         settings: Settings,
+        metrics: Metrics,
     ) -> Self {
         Supervisor {
             listeners,
@@ -104,6 +108,7 @@ impl Supervisor {
             stopping: false,
             stats: Stats::default(),
             sandbox: Sandbox::default(),
+            metrics,
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
@@ -132,6 +137,9 @@ impl Supervisor {
         crate::log::report_drops_here();
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
+        // After the privilege drop: the file belongs to the user that keeps
+        // replacing it.
+        self.export();
         let stop = loop {
             let (ready, signalled) = self.wait();
             let pending = if signalled {
@@ -140,6 +148,10 @@ impl Supervisor {
                 Pending::default()
             };
             self.children.reap(&mut self.stats);
+            // The file first: once the status line is out, it is in place.
+            if pending.status || self.metrics.due(Instant::now()) {
+                self.export();
+            }
             if pending.status {
                 self.log_status();
             }
@@ -184,10 +196,14 @@ impl Supervisor {
                 let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
             }
         }
-        let timeout = match (paused.map(|t| t.saturating_duration_since(now)), wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let due = self
+            .metrics
+            .next_due()
+            .map(|t| t.saturating_duration_since(now));
+        let timeout = [paused.map(|t| t.saturating_duration_since(now)), wake, due]
+            .into_iter()
+            .flatten()
+            .min();
         let (failed, mut signalled) = match self.pipe.ppoll(&mut fds, timeout) {
             Ok(_) => (None, false),
             Err(Errno::EINTR) => (None, true),
@@ -219,6 +235,16 @@ impl Supervisor {
         }
         let min = self.settings.evict_after.ok_or(None)?;
         self.children.idlest(min).map(drop)
+    }
+
+    /// Writes `--metrics-file` (if given) with the counters as they are.
+    fn export(&mut self) {
+        let status = Status {
+            active: self.children.len(),
+            stats: &self.stats,
+            log_dropped: crate::shared::dropped_total(),
+        };
+        self.metrics.write(&status, Instant::now());
     }
 
     /// SIGUSR1: one line with every counter, always written (even with -q:
@@ -342,6 +368,7 @@ impl Supervisor {
             crate::sys::close_raw(r.as_raw_fd());
         }
         self.readiness.close_in_child();
+        self.metrics.close_in_child();
     }
 
     /// A stop signal: every session ends cleanly within
@@ -379,6 +406,7 @@ impl Supervisor {
             self.pipe.drain();
         }
         self.listeners.clear();
+        self.export();
         crate::log!(
             Level::Info,
             "stopped by {}: {} sessions ended, {killed} killed",

@@ -42,8 +42,18 @@ fn serve_and_stop(env: &[(&str, &str)], args: &[&str]) -> String {
 
 #[test]
 fn child_path_and_parent_loop_do_not_allocate() {
+    // Metrics writes, on the timer and on SIGUSR1: the parent's steady state.
+    let dir = temp_dir("alloc-metrics");
+    let file = dir.join("forkecho.prom");
+    let metrics = [
+        "--metrics-file",
+        file.to_str().unwrap(),
+        "--metrics-interval",
+        "1",
+    ];
     for mode in ["auto", "splice", "copy"] {
-        let log = serve_and_stop(&[], &["-v", "--echo", mode]);
+        let log = serve_and_stop(&[], &[&["-v", "--echo", mode][..], &metrics].concat());
+        assert!(file.exists(), "{mode}: no metrics file");
         let child = counts(&log, "child");
         assert_eq!(child.len(), 51, "{log}");
         assert!(
@@ -83,6 +93,11 @@ fn admission_refusals_and_session_limits_do_not_allocate() {
         "busy",
         "--idle-timeout",
         "1",
+        // Failing metrics writes (and their log line) are steady state too.
+        "--metrics-file",
+        "/nonexistent-forkecho-dir/forkecho.prom",
+        "--metrics-interval",
+        "1",
     ]);
     // Held until the idle timeout ends it.
     let mut held = srv.connect_from("127.0.0.1");
@@ -103,6 +118,11 @@ fn admission_refusals_and_session_limits_do_not_allocate() {
     assert_eq!(srv.counter("refused_per_ip"), 1);
     assert_eq!(srv.counter("refused_deny"), 1);
     assert_eq!(srv.counter("idle_timeout"), 1);
+    assert!(
+        srv.log().contains("cannot open its directory"),
+        "{}",
+        srv.log()
+    );
     srv.signal(Signal::SIGTERM);
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
     let log = srv.log();
