@@ -16,13 +16,21 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Takes the listening sockets systemd passed, if any were passed to this
+/// The sockets systemd passed: listening TCP sockets (`ListenStream=`) and
+/// UDP sockets (`ListenDatagram=`), in the order passed.
+pub struct Passed {
+    pub tcp: heapless::Vec<Listener, MAX_LISTENERS>,
+    pub udp: crate::udp::Sockets,
+}
+
+/// Takes the sockets systemd passed, if any were passed to this
 /// process: `LISTEN_PID` must be our pid (otherwise the variables were
 /// meant for a parent and are ignored, as `sd_listen_fds` does). The
 /// variables are removed either way, so nothing started later inherits
-/// them. Each descriptor must be a listening TCP socket; it is made
-/// non-blocking and close-on-exec like the sockets we bind ourselves.
-pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
+/// them. Each descriptor must be a listening TCP socket or a bound UDP
+/// socket; it is made non-blocking and close-on-exec like the sockets we
+/// bind ourselves.
+pub fn listen_fds() -> Result<Option<Passed>> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
@@ -50,7 +58,10 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
                 "LISTEN_FDS={fds}: expected 1..={MAX_LISTENERS} descriptors"
             ))
         })?;
-    let mut out = heapless::Vec::new();
+    let mut out = Passed {
+        tcp: heapless::Vec::new(),
+        udp: heapless::Vec::new(),
+    };
     for fd in LISTEN_FDS_START..LISTEN_FDS_START + n as RawFd {
         let bad = |what: &str, e: Option<Errno>| {
             Error::Start(match e {
@@ -61,20 +72,26 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
         // Taken over at once: systemd handed them to this process, and
         // nothing of ours has been opened yet that could share a number.
         let owned = crate::sys::adopt(fd).map_err(|e| bad("is not open", Some(e)))?;
-        match socket::getsockopt(&owned, sockopt::AcceptConn) {
-            Ok(true) => {}
-            Ok(false) => return Err(bad("is not listening", None)),
-            Err(e) => return Err(bad("is not a socket", Some(e))),
-        }
-        if socket::getsockopt(&owned, sockopt::SockType) != Ok(socket::SockType::Stream) {
-            return Err(bad("is not a stream socket", None));
-        }
-        let local =
-            listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
+        let kind = socket::getsockopt(&owned, sockopt::SockType)
+            .map_err(|e| bad("is not a socket", Some(e)))?;
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
             .and_then(|_| set_nonblocking(owned.as_fd()))
             .map_err(|e| bad("cannot be set up", Some(e)))?;
-        let _ = out.push(Listener { fd: owned, local });
+        if kind == socket::SockType::Datagram {
+            let sock =
+                crate::udp::prepare(owned).map_err(|e| bad("is not a UDP/IP socket", Some(e)))?;
+            let _ = out.udp.push(sock);
+            continue;
+        }
+        match socket::getsockopt(&owned, sockopt::AcceptConn) {
+            Ok(true) if kind == socket::SockType::Stream => {}
+            Ok(true) => return Err(bad("is not a stream socket", None)),
+            Ok(false) => return Err(bad("is not listening", None)),
+            Err(e) => return Err(bad("is not a socket", Some(e))),
+        }
+        let local =
+            listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
+        let _ = out.tcp.push(Listener { fd: owned, local });
     }
     Ok(Some(out))
 }
@@ -85,6 +102,9 @@ pub struct Inetd<'a> {
     pub buffer_size: usize,
     pub mode: session::Mode,
     pub limits: session::Limits,
+    /// For a datagram socket on descriptor 0.
+    pub udp_buffer: usize,
+    pub udp_refuse_ports: crate::udp::Ports,
 }
 
 /// `--inetd`: echo the one connection on descriptor 0 in this process, no
@@ -96,6 +116,9 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
     // Descriptor 0 is the connection, ours for the life of the process.
     let conn = crate::sys::adopt(0)
         .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
+    if socket::getsockopt(&conn, sockopt::SockType) == Ok(socket::SockType::Datagram) {
+        return serve_inetd_udp(conn, cfg);
+    }
     let conn = conn.as_fd();
     let peer = socket::getpeername::<socket::SockaddrStorage>(conn.as_raw_fd())
         .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
@@ -120,6 +143,20 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
         .map_err(|e| Error::sys("--inetd: cannot make descriptor 0 non-blocking", e))?;
     let mut buf = vec![0u8; cfg.buffer_size];
     Ok(session::run(conn, peer, &mut buf, cfg.mode, cfg.limits))
+}
+
+/// `--inetd` on a datagram socket (inetd `dgram wait`): the UDP echo
+/// answers what is pending, then the process exits.
+fn serve_inetd_udp(sock: OwnedFd, cfg: Inetd<'_>) -> Result<End> {
+    if crate::sys::same_file(0, 2) {
+        crate::log::stderr_off();
+    }
+    set_nonblocking(sock.as_fd())
+        .map_err(|e| Error::sys("--inetd: cannot make descriptor 0 non-blocking", e))?;
+    let now = std::time::Instant::now();
+    let mut gate = crate::admission::Gate::new(cfg.policy.clone(), b"", now);
+    crate::udp::serve_inetd(sock, &mut gate, cfg.udp_buffer, cfg.udp_refuse_ports)?;
+    Ok(End::Eof)
 }
 
 /// `fcntl(F_GETFL)` then `fcntl(F_SETFL)` adding `O_NONBLOCK`, keeping the

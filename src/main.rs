@@ -40,6 +40,9 @@
 //!   reserve descriptor, a pause), never a busy loop.
 //! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
+//! - [`udp`]: the UDP echo (`--udp`), served in the loop without a fork:
+//!   the guards against reflection and loops, the reply from the address
+//!   the datagram was sent to.
 //!
 //! The child:
 //! - [`session`]: the descriptor cleanup after fork, the echo loop with its
@@ -71,6 +74,7 @@ mod signals;
 mod stats;
 mod supervisor;
 mod sys;
+mod udp;
 
 #[cfg(feature = "alloc-count")]
 mod alloc_count;
@@ -141,18 +145,21 @@ fn start() -> Result<()> {
             buffer_size: cfg.buffer_size,
             mode: cfg.echo_mode,
             limits: cfg.limits,
+            udp_buffer: cfg.udp_buffer,
+            udp_refuse_ports: cfg.udp_refuse_ports.clone(),
         })?;
         sys::exit(end.status());
     }
-    let listeners = match passed {
-        Some(_) if !cfg.listen.is_empty() => {
+    let (listeners, udp) = match passed {
+        Some(_) if !cfg.listen.is_empty() || !cfg.udp.is_empty() => {
             return Err(Error::Usage(
-                "--listen and socket activation (LISTEN_FDS) exclude each other".into(),
+                "--listen/--udp and socket activation (LISTEN_FDS) exclude each other".into(),
             ));
         }
-        Some(passed) => passed,
-        None => bind(&cfg)?,
+        Some(passed) => (passed.tcp, passed.udp),
+        None => (bind(&cfg)?, bind_udp(&cfg)?),
     };
+    let udp = udp::Udp::new(udp, cfg.udp_buffer, cfg.udp_refuse_ports.clone());
     // Handlers go in after binding, so a bind failure exits with the default
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
@@ -168,7 +175,8 @@ fn start() -> Result<()> {
         max_children: cfg.max_children,
         shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs.into()),
     };
-    let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings);
+    let mut sup = supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings)
+        .with_udp(udp);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;
@@ -203,6 +211,14 @@ fn bind(cfg: &cli::Config) -> Result<listener::Listeners> {
         }
     }
     Ok(listeners)
+}
+
+fn bind_udp(cfg: &cli::Config) -> Result<udp::Sockets> {
+    let mut socks = udp::Sockets::new();
+    for spec in &cfg.udp {
+        let _ = socks.push(udp::open(*spec)?);
+    }
+    Ok(socks)
 }
 
 /// Opens /dev/null onto any of descriptors 0-2 that is closed, as daemons

@@ -190,3 +190,73 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         std::alloc::System.dealloc(ptr, layout)
     }
 }
+
+/// The source of a UDP reply, as the `IP_PKTINFO`/`IPV6_PKTINFO` control
+/// message of `sendmsg(2)` gives it.
+pub enum ReplyFrom {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+/// `sendmsg(2)` of one datagram to `to`, leaving from the address in
+/// `from`, non-blocking. Raw because nix's `sendmsg` allocates the control
+/// buffer on every call; here it lives on the stack.
+pub fn send_from(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: &SockaddrStorage,
+    from: &ReplyFrom,
+) -> Result<usize, Errno> {
+    // Room for one control message of either kind, aligned as a cmsghdr.
+    #[repr(C)]
+    union Space {
+        _hdr: libc::cmsghdr,
+        _bytes: [u8; 64],
+    }
+    let (level, kind, info, len) = match from {
+        ReplyFrom::V4(i) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (i as *const libc::in_pktinfo).cast::<u8>(),
+            core::mem::size_of::<libc::in_pktinfo>(),
+        ),
+        ReplyFrom::V6(i) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            (i as *const libc::in6_pktinfo).cast::<u8>(),
+            core::mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    let mut space = Space { _bytes: [0; 64] };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero bytes are a valid msghdr (null pointers, zero
+    // lengths); musl's has padding fields that a literal could not name.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_name = to.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = to.len();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut space as *mut Space).cast();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(len as u32) } as _;
+    // SAFETY: msg_control points at `space`, zeroed, aligned for a cmsghdr
+    // and larger than CMSG_SPACE of either pktinfo (at most 40 bytes), so
+    // CMSG_FIRSTHDR is non-null and the header and `len` data bytes written
+    // through it stay inside `space`; `info` points at `len` live bytes.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(len as u32) as _;
+        core::ptr::copy_nonoverlapping(info, libc::CMSG_DATA(cmsg), len);
+    }
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: `msg` points at the live locals above (address, one iovec
+    // over `data`, the control message) for the duration of the call, which
+    // only reads them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    Errno::result(n).map(|n| n as usize)
+}
