@@ -45,7 +45,8 @@ pub struct Stats {
     /// `accept` errors that paused the listeners (EMFILE/ENFILE without a
     /// reserve, ENOBUFS, ENOMEM, anything unexpected).
     pub accept_paused: u64,
-    /// The UDP echo's counters (`udp`), printed last.
+    /// The UDP echo's counters, printed last, and only with UDP sockets
+    /// (so the line of a TCP-only server is what it always was).
     pub udp: UdpStats,
 }
 
@@ -91,7 +92,10 @@ impl fmt::Display for Status<'_> {
             s.refused_rate,
             s.refused_per_ip
         )?;
-        write!(f, " {}", s.udp)
+        match s.udp.enabled {
+            true => write!(f, " {}", s.udp),
+            false => Ok(()),
+        }
     }
 }
 
@@ -99,6 +103,8 @@ impl fmt::Display for Status<'_> {
 /// was not.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct UdpStats {
+    /// Whether there are UDP sockets at all (not a counter).
+    pub enabled: bool,
     pub echoed: u64,
     /// Bytes echoed (the payloads, without headers).
     pub bytes: u64,
@@ -172,7 +178,19 @@ mod tests {
         };
         assert_eq!(
             Status { active: 0, stats: &stats }.to_string(),
-            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0 udp_echoed=0 udp_bytes=0 udp_too_long=0 udp_refused_port=0 udp_refused_port0=0 udp_refused_source=0 udp_refused_dest=0 udp_refused_deny=0 udp_refused_global_rate=0 udp_refused_rate=0 udp_failed=0"
+            "status: active=0 accepted=7 exited_ok=5 exited_error=1 idle_timeout=0 lifetime_end=0 killed=1 fork_failed=0 dropped_no_fd=0 accept_retried=0 accept_paused=0 cap_reached=0 refused_deny=0 refused_global_rate=0 refused_rate=0 refused_per_ip=0"
+        );
+        let mut stats = stats;
+        stats.udp.enabled = true;
+        stats.udp.no_reply(NoReply::PortZero);
+        let line = Status {
+            active: 0,
+            stats: &stats,
+        }
+        .to_string();
+        assert!(
+            line.ends_with(" refused_per_ip=0 udp_echoed=0 udp_bytes=0 udp_too_long=0 udp_refused_port=0 udp_refused_port0=1 udp_refused_source=0 udp_refused_dest=0 udp_refused_deny=0 udp_refused_global_rate=0 udp_refused_rate=0 udp_failed=0"),
+            "{line}"
         );
     }
 }

@@ -103,6 +103,7 @@ impl Supervisor {
 
     /// Adds the UDP echo's sockets (`--udp`, or passed by systemd).
     pub fn with_udp(mut self, udp: crate::udp::Udp) -> Self {
+        self.stats.udp.enabled = !udp.sockets().is_empty();
         self.udp = udp;
         self
     }

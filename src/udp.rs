@@ -292,7 +292,7 @@ impl Udp {
         };
         let (n, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
         let src = msg.address.as_ref().and_then(listener::to_std);
-        let arrival = arrival(&msg);
+        let arrival = arrival(&msg, sock.local);
         let verdict = judge(truncated, src, &arrival, &self.refuse, gate).and_then(|src| {
             let from = reply_from(sock.local, &arrival).ok_or(NoReply::NotUnicast)?;
             let to = SockaddrStorage::from(src);
@@ -324,26 +324,38 @@ impl Udp {
 }
 
 /// The datagram's destination, from whichever pktinfo messages came.
-fn arrival<S>(msg: &socket::RecvMsg<'_, '_, S>) -> Arrival {
-    let mut a = Arrival::default();
-    // A truncated control buffer (it has room for both) leaves `dst` None:
-    // no reply from an address we cannot name.
-    let Ok(cmsgs) = msg.cmsgs() else { return a };
-    for c in cmsgs {
+/// Datagrams queued before the option was set (a socket passed by an
+/// activator that does not set it, unlike systemd's `PassPacketInfo=`)
+/// have none: a socket bound to one unicast address only ever receives
+/// datagrams sent to it, so that address stands in; on a wildcard socket
+/// `dst` stays None and there is no reply.
+fn arrival<S>(msg: &socket::RecvMsg<'_, '_, S>, local: SocketAddr) -> Arrival {
+    let (mut v4, mut v6) = (None, None);
+    // A truncated control buffer (it has room for both) counts as none.
+    for c in msg.cmsgs().into_iter().flatten() {
         match c {
-            ControlMessageOwned::Ipv4PacketInfo(i) => {
-                a.dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))));
-                a.broadcast = i.ipi_addr.s_addr != i.ipi_spec_dst.s_addr;
-            }
-            ControlMessageOwned::Ipv6PacketInfo(i) => {
-                a.ifindex = i.ipi6_ifindex;
-                // IPv4's own message, when it came too, says more.
-                if a.dst.is_none() {
-                    a.dst = Some(unmap(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr))));
-                }
-            }
+            ControlMessageOwned::Ipv4PacketInfo(i) => v4 = Some(i),
+            ControlMessageOwned::Ipv6PacketInfo(i) => v6 = Some(i),
             _ => {}
         }
+    }
+    let mut a = Arrival {
+        ifindex: v6.map_or(0, |i| i.ipi6_ifindex),
+        ..Arrival::default()
+    };
+    // IPv4's own message, when it came (an IPv4 datagram on any socket),
+    // says more than the IPv6 one.
+    if let Some(i) = v4 {
+        a.dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr))));
+        // ipi_spec_dst is 0 for a datagram that was queued before the
+        // option was set (the kernel fills it at arrival): unknown, and the
+        // address checks alone decide.
+        let spec = i.ipi_spec_dst.s_addr;
+        a.broadcast = spec != 0 && spec != i.ipi_addr.s_addr;
+    } else if let Some(i) = v6 {
+        a.dst = Some(unmap(IpAddr::V6(Ipv6Addr::from(i.ipi6_addr.s6_addr))));
+    } else if !local.ip().is_unspecified() {
+        a.dst = Some(unmap(local.ip()));
     }
     a
 }
