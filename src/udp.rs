@@ -425,6 +425,37 @@ mod tests {
     }
 
     #[test]
+    fn one_turn_answers_at_most_a_batch() {
+        use std::net::UdpSocket;
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let sock = prepare(OwnedFd::from(server)).unwrap();
+        let to = sock.local;
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..UDP_BATCH + 10 {
+            client.send_to(&[i as u8], to).unwrap();
+        }
+        let mut socks = Sockets::new();
+        let _ = socks.push(sock);
+        let mut udp = Udp::new(socks, 512, Ports::new());
+        let policy = crate::admission::Policy::default();
+        let mut gate = Gate::new(policy, b"", Instant::now());
+        let mut stats = UdpStats::default();
+        udp.set_ready(1);
+        udp.serve(&mut gate, &mut stats);
+        assert_eq!(stats.echoed, UDP_BATCH as u64, "one turn, one batch");
+        udp.set_ready(1);
+        udp.serve(&mut gate, &mut stats);
+        assert_eq!(stats.echoed, UDP_BATCH as u64 + 10);
+        client.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 4];
+        for i in 0..UDP_BATCH + 10 {
+            assert_eq!(client.recv_from(&mut b).unwrap(), (1, to));
+            assert_eq!(b[0], i as u8);
+        }
+    }
+
+    #[test]
     fn destinations_that_are_not_ours_alone() {
         let at = |d: &str, broadcast| Arrival {
             dst: Some(ip(d)),
