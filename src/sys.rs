@@ -260,3 +260,97 @@ pub fn send_from(
     let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
     Errno::result(n).map(|n| n as usize)
 }
+
+/// One datagram received by [`recv_pktinfo`].
+pub struct Datagram {
+    pub len: usize,
+    /// Longer than the buffer: the kernel dropped the rest (`MSG_TRUNC`).
+    pub truncated: bool,
+    pub src: Option<SockaddrStorage>,
+    /// The `IP_PKTINFO` and `IPV6_PKTINFO` messages that came with it.
+    pub v4: Option<libc::in_pktinfo>,
+    pub v6: Option<libc::in6_pktinfo>,
+}
+
+/// `recvmsg(2)` of one datagram into `buf`, non-blocking, with its source
+/// and its pktinfo messages. Raw, with the control buffer on the stack:
+/// nix's control-message decoding knows every kind there is and costs
+/// kilobytes of code on a board, for the two this server asks for.
+pub fn recv_pktinfo(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Datagram, Errno> {
+    // Room for both messages (an IPv4 datagram on a dual-stack socket
+    // brings both), aligned as a cmsghdr.
+    #[repr(C)]
+    union Space {
+        _hdr: libc::cmsghdr,
+        _bytes: [u8; 128],
+    }
+    let mut space = Space { _bytes: [0; 128] };
+    // SAFETY: all-zero bytes are a valid sockaddr_storage ("no family").
+    let mut storage: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero bytes are a valid msghdr, as in `send_from`.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut space as *mut Space).cast();
+    msg.msg_controllen = core::mem::size_of::<Space>() as _;
+    // SAFETY: every pointer in `msg` refers to a live local or to `buf`, with
+    // its true length; the kernel writes within those lengths only.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    let len = Errno::result(n)? as usize;
+    // SAFETY: the kernel filled `msg_namelen` bytes of a sockaddr_storage.
+    let src = unsafe {
+        SockaddrStorage::from_raw(
+            (&storage as *const libc::sockaddr_storage).cast(),
+            Some(msg.msg_namelen),
+        )
+    };
+    let mut d = Datagram {
+        len,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        src,
+        v4: None,
+        v6: None,
+    };
+    // A cut control buffer cannot be walked safely: no pktinfo then.
+    if msg.msg_flags & libc::MSG_CTRUNC == 0 {
+        read_pktinfo(&msg, &mut d);
+    }
+    Ok(d)
+}
+
+/// Walks the control messages `recvmsg` left in `msg`, keeping the pktinfo.
+fn read_pktinfo(msg: &libc::msghdr, d: &mut Datagram) {
+    let v4_len = core::mem::size_of::<libc::in_pktinfo>();
+    let v6_len = core::mem::size_of::<libc::in6_pktinfo>();
+    // SAFETY: `msg` is the header recvmsg just filled, its control buffer
+    // live and not truncated; CMSG_FIRSTHDR/CMSG_NXTHDR return headers inside
+    // `msg_controllen` or null. A payload is read (unaligned: CMSG_DATA need
+    // not be aligned for it) only when `cmsg_len` says it is all there.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let have = (*c).cmsg_len as usize;
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if have >= libc::CMSG_LEN(v4_len as u32) as usize =>
+                {
+                    d.v4 = Some(core::ptr::read_unaligned(data.cast()));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if have >= libc::CMSG_LEN(v6_len as u32) as usize =>
+                {
+                    d.v6 = Some(core::ptr::read_unaligned(data.cast()));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}

@@ -21,9 +21,9 @@
 //! `IP_PKTINFO`/`IPV6_PKTINFO`: on a wildcard socket the kernel would
 //! otherwise pick a source of its own, and the client would drop the reply.
 //!
-//! Nothing here allocates after start-up: one receive buffer and one control
-//! buffer, both prepared before the loop; the reply's control message is
-//! built on the stack (`sys::send_from`). Work per turn is bounded
+//! Nothing here allocates after start-up: one receive buffer, prepared
+//! before the loop; the control messages both ways live on the stack
+//! (`sys::recv_pktinfo`, `sys::send_from`). Work per turn is bounded
 //! (`UDP_BATCH` datagrams per socket), so a flood cannot hold up the loop's
 //! accepting and reaping.
 
@@ -37,8 +37,7 @@ use crate::sys::ReplyFrom;
 use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
-use std::io::IoSliceMut;
+use nix::sys::socket::{self, sockopt, SockaddrStorage};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Instant;
@@ -227,9 +226,6 @@ pub struct Udp {
     socks: Sockets,
     /// One datagram at a time, up to `--udp-buffer` bytes.
     buf: Box<[u8]>,
-    /// Room for both pktinfo messages (an IPv4 datagram on a dual-stack
-    /// socket brings both); from the heap, aligned for a cmsghdr.
-    cmsg: Vec<u8>,
     refuse: Ports,
     logs: [LogLimit; 7],
     /// Sockets `poll` found readable this turn, one bit each.
@@ -241,7 +237,6 @@ impl Udp {
         Udp {
             socks,
             buf: vec![0u8; buffer_size].into_boxed_slice(),
-            cmsg: nix::cmsg_space!(libc::in_pktinfo, libc::in6_pktinfo),
             refuse,
             ..Udp::default()
         }
@@ -273,14 +268,8 @@ impl Udp {
     /// (or failed: `poll` will say when to try again).
     fn serve_one(&mut self, i: usize, gate: &mut Gate, stats: &mut UdpStats) -> bool {
         let sock = &self.socks[i];
-        let mut iov = [IoSliceMut::new(&mut self.buf)];
-        let msg = match socket::recvmsg::<SockaddrStorage>(
-            sock.fd.as_raw_fd(),
-            &mut iov,
-            Some(&mut self.cmsg),
-            MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(m) => m,
+        let d = match crate::sys::recv_pktinfo(sock.fd.as_fd(), &mut self.buf) {
+            Ok(d) => d,
             Err(Errno::EAGAIN) => return false,
             Err(Errno::EINTR) => return true,
             Err(e) => {
@@ -290,19 +279,18 @@ impl Udp {
                 return false;
             }
         };
-        let (n, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
-        let src = msg.address.as_ref().and_then(listener::to_std);
-        let arrival = arrival(&msg, sock.local);
-        let verdict = judge(truncated, src, &arrival, &self.refuse, gate).and_then(|src| {
+        let src = d.src.as_ref().and_then(listener::to_std);
+        let arrival = arrival(&d, sock.local);
+        let verdict = judge(d.truncated, src, &arrival, &self.refuse, gate).and_then(|src| {
             let from = reply_from(sock.local, &arrival).ok_or(NoReply::NotUnicast)?;
             let to = SockaddrStorage::from(src);
-            crate::sys::send_from(sock.fd.as_fd(), &self.buf[..n], &to, &from)
+            crate::sys::send_from(sock.fd.as_fd(), &self.buf[..d.len], &to, &from)
                 .map_err(NoReply::SendFailed)
         });
         match verdict {
             Ok(_) => {
                 stats.echoed += 1;
-                stats.bytes += n as u64;
+                stats.bytes += d.len as u64;
             }
             Err(why) => self.no_reply(src, why, stats),
         }
@@ -329,16 +317,8 @@ impl Udp {
 /// have none: a socket bound to one unicast address only ever receives
 /// datagrams sent to it, so that address stands in; on a wildcard socket
 /// `dst` stays None and there is no reply.
-fn arrival<S>(msg: &socket::RecvMsg<'_, '_, S>, local: SocketAddr) -> Arrival {
-    let (mut v4, mut v6) = (None, None);
-    // A truncated control buffer (it has room for both) counts as none.
-    for c in msg.cmsgs().into_iter().flatten() {
-        match c {
-            ControlMessageOwned::Ipv4PacketInfo(i) => v4 = Some(i),
-            ControlMessageOwned::Ipv6PacketInfo(i) => v6 = Some(i),
-            _ => {}
-        }
-    }
+fn arrival(d: &crate::sys::Datagram, local: SocketAddr) -> Arrival {
+    let (v4, v6) = (d.v4, d.v6);
     let mut a = Arrival {
         ifindex: v6.map_or(0, |i| i.ipi6_ifindex),
         ..Arrival::default()
