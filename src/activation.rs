@@ -16,13 +16,30 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
-/// Takes the listening sockets systemd passed, if any were passed to this
+/// The sockets systemd passed: listening TCP sockets (`ListenStream=`) and
+/// UDP sockets (`ListenDatagram=`), in the order passed.
+pub struct Passed {
+    pub tcp: heapless::Vec<Listener, MAX_LISTENERS>,
+    pub udp: crate::udp::Sockets,
+}
+
+impl Passed {
+    /// Whether `fd` is one of the passed sockets.
+    pub fn owns(&self, fd: RawFd) -> bool {
+        let tcp = self.tcp.iter().map(|l| l.fd.as_raw_fd());
+        tcp.chain(self.udp.iter().map(|s| s.fd.as_raw_fd()))
+            .any(|n| n == fd)
+    }
+}
+
+/// Takes the sockets systemd passed, if any were passed to this
 /// process: `LISTEN_PID` must be our pid (otherwise the variables were
 /// meant for a parent and are ignored, as `sd_listen_fds` does). The
 /// variables are removed either way, so nothing started later inherits
-/// them. Each descriptor must be a listening TCP socket; it is made
-/// non-blocking and close-on-exec like the sockets we bind ourselves.
-pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
+/// them. Each descriptor must be a listening TCP socket or a bound UDP
+/// socket; it is made non-blocking and close-on-exec like the sockets we
+/// bind ourselves.
+pub fn listen_fds() -> Result<Option<Passed>> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
@@ -50,7 +67,10 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
                 "LISTEN_FDS={fds}: expected 1..={MAX_LISTENERS} descriptors"
             ))
         })?;
-    let mut out = heapless::Vec::new();
+    let mut out = Passed {
+        tcp: heapless::Vec::new(),
+        udp: heapless::Vec::new(),
+    };
     for fd in LISTEN_FDS_START..LISTEN_FDS_START + n as RawFd {
         let bad = |what: &str, e: Option<Errno>| {
             Error::Start(match e {
@@ -61,21 +81,27 @@ pub fn listen_fds() -> Result<Option<heapless::Vec<Listener, MAX_LISTENERS>>> {
         // Taken over at once: systemd handed them to this process, and
         // nothing of ours has been opened yet that could share a number.
         let owned = crate::sys::adopt(fd).map_err(|e| bad("is not open", Some(e)))?;
-        match socket::getsockopt(&owned, sockopt::AcceptConn) {
-            Ok(true) => {}
-            Ok(false) => return Err(bad("is not listening", None)),
-            Err(e) => return Err(bad("is not a socket", Some(e))),
-        }
-        if socket::getsockopt(&owned, sockopt::SockType) != Ok(socket::SockType::Stream) {
-            return Err(bad("is not a stream socket", None));
-        }
-        let local =
-            listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
+        let kind = socket::getsockopt(&owned, sockopt::SockType)
+            .map_err(|e| bad("is not a socket", Some(e)))?;
         fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
             .and_then(|_| set_nonblocking(owned.as_fd()))
             .and_then(|()| listener::urgent_inline(&owned))
             .map_err(|e| bad("cannot be set up", Some(e)))?;
-        let _ = out.push(Listener { fd: owned, local });
+        if kind == socket::SockType::Datagram {
+            let sock =
+                crate::udp::prepare(owned).map_err(|e| bad("is not a UDP/IP socket", Some(e)))?;
+            let _ = out.udp.push(sock);
+            continue;
+        }
+        match socket::getsockopt(&owned, sockopt::AcceptConn) {
+            Ok(true) if kind == socket::SockType::Stream => {}
+            Ok(true) => return Err(bad("is not a stream socket", None)),
+            Ok(false) => return Err(bad("is not listening", None)),
+            Err(e) => return Err(bad("is not a socket", Some(e))),
+        }
+        let local =
+            listener::local_addr(&owned).map_err(|e| bad("is not a TCP/IP socket", Some(e)))?;
+        let _ = out.tcp.push(Listener { fd: owned, local });
     }
     Ok(Some(out))
 }
@@ -87,6 +113,9 @@ pub struct Inetd<'a> {
     pub mode: session::Mode,
     pub limits: session::Limits,
     pub sandbox: crate::sandbox::Mode,
+    /// For a datagram socket on descriptor 0.
+    pub udp_buffer: usize,
+    pub udp_refuse_ports: crate::udp::Ports,
 }
 
 /// `--inetd`: echo the one connection on descriptor 0 in this process, no
@@ -98,14 +127,16 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
     // Descriptor 0 is the connection, ours for the life of the process.
     let conn = crate::sys::adopt(0)
         .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
+    if socket::getsockopt(&conn, sockopt::SockType) == Ok(socket::SockType::Datagram) {
+        return serve_inetd_udp(conn, cfg);
+    }
     let conn = conn.as_fd();
     let peer = socket::getpeername::<socket::SockaddrStorage>(conn.as_raw_fd())
         .map_err(|e| Error::sys("--inetd: descriptor 0 is not a connected socket", e))?;
     let peer = listener::to_std(&peer);
     // BSD inetd and busybox put the socket on 0, 1 *and* 2: a log line on
     // stderr would then reach the client in the middle of its echo.
-    let id = |fd| crate::sys::file_id(fd).map(|(dev, ino, _)| (dev, ino));
-    if id(0).is_some() && id(0) == id(2) {
+    if stderr_is_stdin() {
         crate::log::stderr_off();
     }
     let mask = crate::signals::install_for_inetd()?;
@@ -127,6 +158,27 @@ pub fn serve_inetd(cfg: Inetd<'_>) -> Result<End> {
     let buf = vec![0u8; cfg.buffer_size].leak();
     crate::sandbox::enter_inetd(cfg.sandbox)?;
     Ok(session::run(conn, peer, buf, cfg.mode, cfg.limits, mask))
+}
+
+/// `--inetd` on a datagram socket (inetd `dgram wait`): the UDP echo
+/// answers what is pending, then the process exits.
+fn serve_inetd_udp(sock: OwnedFd, cfg: Inetd<'_>) -> Result<End> {
+    if stderr_is_stdin() {
+        crate::log::stderr_off();
+    }
+    set_nonblocking(sock.as_fd())
+        .map_err(|e| Error::sys("--inetd: cannot make descriptor 0 non-blocking", e))?;
+    let now = std::time::Instant::now();
+    let mut gate = crate::admission::Gate::new(cfg.policy.clone(), b"", now);
+    crate::udp::serve_inetd(sock, &mut gate, cfg.udp_buffer, cfg.udp_refuse_ports)?;
+    Ok(End::Eof)
+}
+
+/// BSD inetd and busybox put the socket on 0, 1 *and* 2: is stderr the
+/// client's socket (so log lines must stay out of it)?
+fn stderr_is_stdin() -> bool {
+    let id = |fd| crate::sys::file_id(fd).map(|(dev, ino, _)| (dev, ino));
+    id(0).is_some() && id(0) == id(2)
 }
 
 /// `fcntl(F_GETFL)` then `fcntl(F_SETFL)` adding `O_NONBLOCK`, keeping the

@@ -115,6 +115,23 @@ struct Args {
     #[argh(option, default = "String::from(\"auto\")")]
     sandbox: String,
 
+    /// also echo UDP datagrams on ADDR:PORT, in the parent without a fork
+    /// (same syntax and IPv6 pairing as --listen); repeatable. Default: off
+    #[argh(option)]
+    udp: Vec<String>,
+
+    /// UDP source ports never answered, comma-separated, or none (default
+    /// 7,9,13,17,19,37: the small services, which would answer back and
+    /// loop). Source port 0, broadcast/multicast sources and destinations
+    /// are never answered either
+    #[argh(option)]
+    udp_refuse_ports: Option<String>,
+
+    /// longest UDP datagram echoed, 512..=65536 (default 65536, which holds
+    /// any IPv4 or IPv6 datagram); longer ones are dropped and counted
+    #[argh(option, default = "limits::DEFAULT_UDP_BUFFER")]
+    udp_buffer: u32,
+
     /// serve the one connection on descriptor 0 and exit, without forking
     /// or listening (inetd, xinetd, systemd Accept=yes)
     #[argh(switch)]
@@ -184,6 +201,10 @@ pub struct Config {
     pub policy: Policy,
     /// The refusal text with its CRLF; empty for none.
     pub reject_message: Vec<u8>,
+    /// `--udp`: empty for no UDP echo.
+    pub udp: Specs,
+    pub udp_refuse_ports: crate::udp::Ports,
+    pub udp_buffer: usize,
     pub inetd: bool,
     pub sandbox: crate::sandbox::Mode,
     pub ready_fd: Option<i32>,
@@ -236,7 +257,10 @@ pub fn parse(args_in: &[&str]) -> Result<Command> {
     let ready_fd = ready_fd(args.ready_fd)?;
     let metrics = metrics(&args)?;
     Ok(Command::Run(Box::new(Config {
-        listen: listen_specs(&args.listen)?,
+        listen: listen_specs("--listen", &args.listen)?,
+        udp: listen_specs("--udp", &args.udp)?,
+        udp_refuse_ports: refuse_ports(args.udp_refuse_ports.as_deref())?,
+        udp_buffer: ranged("--udp-buffer", args.udp_buffer, limits::UDP_BUFFER)? as usize,
         max_children: ranged("--max-children", args.max_children, limits::CHILDREN)? as usize,
         backlog: ranged("--backlog", args.backlog, limits::BACKLOG)? as i32,
         buffer_size: ranged("--buffer-size", args.buffer_size, limits::BUFFER)? as usize,
@@ -328,20 +352,21 @@ fn secs(name: &str, v: u32, range: RangeInclusive<u32>) -> Result<Option<Duratio
     Ok((v > 0).then(|| Duration::from_secs(v.into())))
 }
 
-/// The `--listen` addresses, each once, with the v6-only pairing applied.
-fn listen_specs(texts: &[String]) -> Result<Specs> {
+/// The `--listen` (or `--udp`) addresses, each once, with the v6-only
+/// pairing applied.
+fn listen_specs(name: &str, texts: &[String]) -> Result<Specs> {
     let mut listen = Specs::new();
     for text in texts {
-        let addr = parse_addr(text)?;
+        let addr = parse_addr(name, text)?;
         if listen.iter().any(|l| l.addr == addr) {
-            return Err(usage(&format!("--listen {text}: given twice")));
+            return Err(usage(&format!("{name} {text}: given twice")));
         }
         listen
             .push(ListenSpec {
                 addr,
                 v6only: false,
             })
-            .map_err(|_| usage(&format!("--listen: at most {MAX_LISTENERS} addresses")))?;
+            .map_err(|_| usage(&format!("{name}: at most {MAX_LISTENERS} addresses")))?;
     }
     crate::listener::pair_v6only(&mut listen);
     Ok(listen)
@@ -416,6 +441,33 @@ fn reject_message(text: Option<&str>) -> Result<Vec<u8>> {
     }
 }
 
+/// `--udp-refuse-ports`: `7,9,13`, or `none`; the default list without it.
+fn refuse_ports(text: Option<&str>) -> Result<crate::udp::Ports> {
+    let mut ports = crate::udp::Ports::new();
+    let text = match text {
+        None => {
+            let _ = ports.extend_from_slice(&limits::DEFAULT_REFUSE_PORTS);
+            return Ok(ports);
+        }
+        Some("none") => return Ok(ports),
+        Some(t) => t,
+    };
+    for p in text.split(',') {
+        let port = p.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(|| {
+            usage(&format!(
+                "--udp-refuse-ports {text}: expected none or ports 1..=65535 separated by commas"
+            ))
+        })?;
+        ports.push(port).map_err(|_| {
+            usage(&format!(
+                "--udp-refuse-ports: at most {} ports",
+                limits::MAX_REFUSE_PORTS
+            ))
+        })?;
+    }
+    Ok(ports)
+}
+
 /// `--inetd` serves one connection: the options that need a listening
 /// server, or memory across connections, make no sense with it.
 fn check_inetd(args: &Args) -> Result<()> {
@@ -424,6 +476,7 @@ fn check_inetd(args: &Args) -> Result<()> {
     }
     let stateful = [
         ("--listen", !args.listen.is_empty()),
+        ("--udp", !args.udp.is_empty()),
         ("--max-per-ip", args.max_per_ip > 0),
         ("--rate", args.rate.is_some()),
         ("--global-rate", args.global_rate.is_some()),
@@ -483,10 +536,10 @@ fn ranged(name: &str, v: u32, range: RangeInclusive<u32>) -> Result<u32> {
 /// `ADDR:PORT` with a numeric address: `127.0.0.1:7`, `[::1]:7`, `[::]:0`.
 /// Names are refused on purpose: resolving them needs a resolver that may not
 /// be configured on a board at boot, and binding to a name is ambiguous.
-fn parse_addr(text: &str) -> Result<SocketAddr> {
+fn parse_addr(name: &str, text: &str) -> Result<SocketAddr> {
     text.parse::<SocketAddr>().map_err(|_| {
         usage(&format!(
-            "--listen {text}: expected ADDR:PORT with a numeric IPv4 or [IPv6] address"
+            "{name} {text}: expected ADDR:PORT with a numeric IPv4 or [IPv6] address"
         ))
     })
 }

@@ -60,8 +60,9 @@ pub const SHORT_PAUSE: Duration = Duration::from_millis(200);
 pub const LONG_PAUSE: Duration = Duration::from_secs(1);
 /// At most one line per kind of recurring error in this interval.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest log line; longer ones are cut and end with `...`.
-pub const LINE_MAX: usize = 512;
+/// Longest log line; longer ones are cut and end with `...`. The status
+/// line with the UDP counters needs about 600 bytes with large totals.
+pub const LINE_MAX: usize = 1024;
 /// Bytes moved per splice: the default pipe capacity (16 pages).
 pub const SPLICE_CHUNK: usize = 64 * 1024;
 /// When the server ends a session, how long a peer may stay silent before
@@ -85,3 +86,23 @@ pub const METRICS_NAME_MAX: usize = 250;
 /// counter at its 20-digit maximum fits with room to spare (a unit test in
 /// `metrics` checks).
 pub const METRICS_TEXT_MAX: usize = 4096;
+
+/// Most `--udp` sockets, and datagram sockets passed by systemd.
+pub const MAX_UDP: usize = MAX_LISTENERS;
+/// `--udp-buffer`: the one receive buffer of the UDP echo. The default holds
+/// the largest datagram IPv4 (65,507 bytes) and IPv6 without jumbograms
+/// (65,527) can carry, so only a smaller setting ever drops one as too long.
+pub const UDP_BUFFER: RangeInclusive<u32> = 512..=65536;
+pub const DEFAULT_UDP_BUFFER: u32 = 65536;
+/// Most datagrams answered per UDP socket per turn of the loop: enough to
+/// keep up with a busy socket, few enough that a flood cannot delay
+/// accepting or reaping by more than a few milliseconds.
+pub const UDP_BATCH: usize = 32;
+/// `--udp-refuse-ports`: at most this many ports.
+pub const MAX_REFUSE_PORTS: usize = 32;
+/// Source ports never answered: the small services (echo, discard, daytime,
+/// qotd, chargen, time), which would answer an echo and start a loop.
+pub const DEFAULT_REFUSE_PORTS: [u16; 6] = [7, 9, 13, 17, 19, 37];
+/// `--inetd` with a datagram socket (inetd `dgram wait`): exit once no
+/// datagram came for this long, handing the socket back to inetd.
+pub const UDP_INETD_LINGER: Duration = Duration::from_secs(1);

@@ -42,6 +42,9 @@
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
 //! - [`metrics`]: the counters as a Prometheus text file (`--metrics-file`),
 //!   replaced atomically on a timer, on SIGUSR1, at start and at shutdown.
+//! - [`udp`]: the UDP echo (`--udp`), served in the loop without a fork:
+//!   the guards against reflection and loops, the reply from the address
+//!   the datagram was sent to.
 //!
 //! The child:
 //! - [`session`]: the descriptor cleanup after fork, the echo loop with its
@@ -78,6 +81,7 @@ mod signals;
 mod stats;
 mod supervisor;
 mod sys;
+mod udp;
 
 #[cfg(feature = "alloc-count")]
 mod alloc_count;
@@ -87,7 +91,6 @@ static ALLOC: sys::CountingAlloc = sys::CountingAlloc;
 
 use crate::error::{Error, Result};
 use crate::log::Level;
-use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -126,7 +129,7 @@ fn start() -> Result<()> {
         true => None,
     };
     let ready_fd = match cfg.ready_fd {
-        Some(fd) if passed.iter().flatten().any(|l| l.fd.as_raw_fd() == fd) => {
+        Some(fd) if passed.iter().any(|p| p.owns(fd)) => {
             return Err(Error::Usage(format!(
                 "--ready-fd {fd}: is a socket passed by LISTEN_FDS"
             )));
@@ -158,18 +161,21 @@ fn start() -> Result<()> {
             mode: cfg.echo_mode,
             limits: cfg.limits,
             sandbox: cfg.sandbox,
+            udp_buffer: cfg.udp_buffer,
+            udp_refuse_ports: cfg.udp_refuse_ports.clone(),
         })?;
         sys::exit(end.inetd_status());
     }
-    let listeners = match passed {
-        Some(_) if !cfg.listen.is_empty() => {
+    let (listeners, udp) = match passed {
+        Some(_) if !cfg.listen.is_empty() || !cfg.udp.is_empty() => {
             return Err(Error::Usage(
-                "--listen and socket activation (LISTEN_FDS) exclude each other".into(),
+                "--listen/--udp and socket activation (LISTEN_FDS) exclude each other".into(),
             ));
         }
-        Some(passed) => passed,
-        None => bind(&cfg)?,
+        Some(passed) => (passed.tcp, passed.udp),
+        None => (bind(&cfg)?, bind_udp(&cfg)?),
     };
+    let udp = udp::Udp::new(udp, cfg.udp_buffer, cfg.udp_refuse_ports.clone());
     // Handlers go in after binding, so a bind failure exits with the default
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
@@ -200,7 +206,8 @@ fn start() -> Result<()> {
         None => metrics::Metrics::off(),
     };
     let mut sup =
-        supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings, metrics);
+        supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings, metrics)
+            .with_udp(udp);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;
@@ -238,6 +245,14 @@ fn bind(cfg: &cli::Config) -> Result<listener::Listeners> {
         }
     }
     Ok(listeners)
+}
+
+fn bind_udp(cfg: &cli::Config) -> Result<udp::Sockets> {
+    let mut socks = udp::Sockets::new();
+    for spec in &cfg.udp {
+        let _ = socks.push(udp::open(*spec)?);
+    }
+    Ok(socks)
 }
 
 /// Opens /dev/null onto any of descriptors 0-2 that is closed, as daemons

@@ -410,6 +410,7 @@ mod tests {
             stopped: m,
             evicted: m,
             killed_sandbox: m,
+            udp: Default::default(),
         };
         let status = Status {
             active: usize::MAX,

@@ -22,7 +22,7 @@ use crate::admission::Gate;
 use crate::backoff::{Backoff, Next};
 use crate::children::Children;
 use crate::error::Reason;
-use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, SHORT_PAUSE};
+use crate::limits::{ACCEPT_BATCH, MAX_LISTENERS, MAX_UDP, SHORT_PAUSE};
 use crate::listener::{self, Listeners};
 use crate::log::{Level, PeerDisplay};
 use crate::metrics::Metrics;
@@ -78,6 +78,9 @@ pub struct Supervisor {
     sandbox: Sandbox,
     /// `--metrics-file`, written on a timer the loop's wait honours.
     metrics: Metrics,
+    /// The UDP echo: polled always (it needs no child and no descriptor),
+    /// served after accepting, a bounded batch per turn.
+    udp: crate::udp::Udp,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
 }
@@ -109,6 +112,7 @@ impl Supervisor {
             stats: Stats::default(),
             sandbox: Sandbox::default(),
             metrics,
+            udp: crate::udp::Udp::default(),
             // Test hook: proves the allocation check can fail.
             #[cfg(feature = "alloc-count")]
             alloc_in_child: std::env::var_os("FORKECHO_TEST_ALLOC_IN_CHILD").is_some(),
@@ -121,12 +125,22 @@ impl Supervisor {
         self.sandbox = sandbox;
     }
 
+    /// Adds the UDP echo's sockets (`--udp`, or passed by systemd).
+    pub fn with_udp(mut self, udp: crate::udp::Udp) -> Self {
+        self.stats.udp.enabled = !udp.sockets().is_empty();
+        self.udp = udp;
+        self
+    }
+
     /// One "listening on" line per listener, with the port really bound, so
     /// `--listen 127.0.0.1:0` is usable from scripts and tests; then the
     /// readiness signals.
     pub fn announce(&mut self) {
         for l in &self.listeners {
             crate::log!(Level::Info, "listening on {}", l.local);
+        }
+        for s in self.udp.sockets() {
+            crate::log!(Level::Info, "listening on udp {}", s.local);
         }
         let port = self.listeners.first().map_or(0, |l| l.local.port());
         self.readiness.ready(port);
@@ -166,6 +180,7 @@ impl Supervisor {
                     self.accept_from(i);
                 }
             }
+            self.udp.serve(&mut self.gate, &mut self.stats.udp);
         };
         self.shutdown(stop);
         #[cfg(feature = "alloc-count")]
@@ -189,12 +204,17 @@ impl Supervisor {
             Ok(()) => (true, None),
             Err(wake) => (false, wake),
         };
-        let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + 1 }> = heapless::Vec::new();
+        let mut fds: heapless::Vec<PollFd<'_>, { MAX_LISTENERS + MAX_UDP + 1 }> =
+            heapless::Vec::new();
         let _ = fds.push(PollFd::new(self.pipe.fd(), PollFlags::POLLIN));
         if paused.is_none() && room {
             for l in &self.listeners {
                 let _ = fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
             }
+        }
+        let first_udp = fds.len();
+        for s in self.udp.sockets() {
+            let _ = fds.push(PollFd::new(s.fd.as_fd(), PollFlags::POLLIN));
         }
         let due = self
             .metrics
@@ -210,10 +230,15 @@ impl Supervisor {
             Err(e) => (Some(e), false),
         };
         signalled |= fds[0].any().unwrap_or(false);
-        let ready = (fds.iter().skip(1).enumerate())
-            .filter(|(_, fd)| fd.any().unwrap_or(false))
-            .fold(0u32, |mask, (i, _)| mask | 1 << i);
+        let mask = |fds: &[PollFd<'_>]| {
+            (fds.iter().enumerate())
+                .filter(|(_, fd)| fd.any().unwrap_or(false))
+                .fold(0u32, |mask, (i, _)| mask | 1 << i)
+        };
+        let (ready, udp_ready) = (mask(&fds[1..first_udp]), mask(&fds[first_udp..]));
         drop(fds);
+        self.udp
+            .set_ready(if failed.is_some() { 0 } else { udp_ready });
         if let Some(e) = failed {
             // Cannot happen with valid descriptors; never spin on it.
             crate::log!(Level::Error, "poll failed: {}", Reason(e));
@@ -363,6 +388,9 @@ impl Supervisor {
         }
         for fd in self.pipe.raw_fds() {
             crate::sys::close_raw(fd);
+        }
+        for s in self.udp.sockets() {
+            crate::sys::close_raw(s.fd.as_raw_fd());
         }
         if let Some(r) = self.backoff.reserve_fd() {
             crate::sys::close_raw(r.as_raw_fd());

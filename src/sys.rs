@@ -244,3 +244,167 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         std::alloc::System.dealloc(ptr, layout)
     }
 }
+
+/// The source of a UDP reply, as the `IP_PKTINFO`/`IPV6_PKTINFO` control
+/// message of `sendmsg(2)` gives it.
+pub enum ReplyFrom {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+/// `sendmsg(2)` of one datagram to `to`, leaving from the address in
+/// `from`, non-blocking. Raw because nix's `sendmsg` allocates the control
+/// buffer on every call; here it lives on the stack.
+pub fn send_from(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    to: &SockaddrStorage,
+    from: &ReplyFrom,
+) -> Result<usize, Errno> {
+    // Room for one control message of either kind, aligned as a cmsghdr.
+    #[repr(C)]
+    union Space {
+        _hdr: libc::cmsghdr,
+        _bytes: [u8; 64],
+    }
+    let (level, kind, info, len) = match from {
+        ReplyFrom::V4(i) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            (i as *const libc::in_pktinfo).cast::<u8>(),
+            core::mem::size_of::<libc::in_pktinfo>(),
+        ),
+        ReplyFrom::V6(i) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            (i as *const libc::in6_pktinfo).cast::<u8>(),
+            core::mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    let mut space = Space { _bytes: [0; 64] };
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero bytes are a valid msghdr (null pointers, zero
+    // lengths); musl's has padding fields that a literal could not name.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_name = to.as_ptr() as *mut libc::c_void;
+    msg.msg_namelen = to.len();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut space as *mut Space).cast();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(len as u32) } as _;
+    // SAFETY: msg_control points at `space`, zeroed, aligned for a cmsghdr
+    // and larger than CMSG_SPACE of either pktinfo (at most 40 bytes), so
+    // CMSG_FIRSTHDR is non-null and the header and `len` data bytes written
+    // through it stay inside `space`; `info` points at `len` live bytes.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(len as u32) as _;
+        core::ptr::copy_nonoverlapping(info, libc::CMSG_DATA(cmsg), len);
+    }
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: `msg` points at the live locals above (address, one iovec
+    // over `data`, the control message) for the duration of the call, which
+    // only reads them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, flags) };
+    Errno::result(n).map(|n| n as usize)
+}
+
+/// One datagram received by [`recv_pktinfo`].
+pub struct Datagram {
+    pub len: usize,
+    /// Longer than the buffer: the kernel dropped the rest (`MSG_TRUNC`).
+    pub truncated: bool,
+    pub src: Option<SockaddrStorage>,
+    /// The `IP_PKTINFO` and `IPV6_PKTINFO` messages that came with it.
+    pub v4: Option<libc::in_pktinfo>,
+    pub v6: Option<libc::in6_pktinfo>,
+}
+
+/// `recvmsg(2)` of one datagram into `buf`, non-blocking, with its source
+/// and its pktinfo messages. Raw, with the control buffer on the stack:
+/// nix's control-message decoding knows every kind there is and costs
+/// kilobytes of code on a board, for the two this server asks for.
+pub fn recv_pktinfo(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Datagram, Errno> {
+    // Room for both messages (an IPv4 datagram on a dual-stack socket
+    // brings both), aligned as a cmsghdr.
+    #[repr(C)]
+    union Space {
+        _hdr: libc::cmsghdr,
+        _bytes: [u8; 128],
+    }
+    let mut space = Space { _bytes: [0; 128] };
+    // SAFETY: all-zero bytes are a valid sockaddr_storage ("no family").
+    let mut storage: libc::sockaddr_storage = unsafe { core::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero bytes are a valid msghdr, as in `send_from`.
+    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
+    msg.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut space as *mut Space).cast();
+    msg.msg_controllen = core::mem::size_of::<Space>() as _;
+    // SAFETY: every pointer in `msg` refers to a live local or to `buf`, with
+    // its true length; the kernel writes within those lengths only.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    let len = Errno::result(n)? as usize;
+    // SAFETY: the kernel filled `msg_namelen` bytes of a sockaddr_storage.
+    let src = unsafe {
+        SockaddrStorage::from_raw(
+            (&storage as *const libc::sockaddr_storage).cast(),
+            Some(msg.msg_namelen),
+        )
+    };
+    let mut d = Datagram {
+        len,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        src,
+        v4: None,
+        v6: None,
+    };
+    // A cut control buffer cannot be walked safely: no pktinfo then.
+    if msg.msg_flags & libc::MSG_CTRUNC == 0 {
+        read_pktinfo(&msg, &mut d);
+    }
+    Ok(d)
+}
+
+/// Walks the control messages `recvmsg` left in `msg`, keeping the pktinfo.
+fn read_pktinfo(msg: &libc::msghdr, d: &mut Datagram) {
+    let v4_len = core::mem::size_of::<libc::in_pktinfo>();
+    let v6_len = core::mem::size_of::<libc::in6_pktinfo>();
+    // SAFETY: `msg` is the header recvmsg just filled, its control buffer
+    // live and not truncated; CMSG_FIRSTHDR/CMSG_NXTHDR return headers inside
+    // `msg_controllen` or null. A payload is read (unaligned: CMSG_DATA need
+    // not be aligned for it) only when `cmsg_len` says it is all there.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let have = (*c).cmsg_len as usize;
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                    if have >= libc::CMSG_LEN(v4_len as u32) as usize =>
+                {
+                    d.v4 = Some(core::ptr::read_unaligned(data.cast()));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                    if have >= libc::CMSG_LEN(v6_len as u32) as usize =>
+                {
+                    d.v6 = Some(core::ptr::read_unaligned(data.cast()));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+}

@@ -131,3 +131,58 @@ fn admission_refusals_and_session_limits_do_not_allocate() {
     assert!(child.iter().all(|&n| n == 0), "{child:?}");
     assert_eq!(counts(&log, "parent"), vec![0], "{log}");
 }
+
+#[test]
+fn the_udp_echo_and_its_refusals_do_not_allocate() {
+    let mut srv = Server::start(&[
+        "-v",
+        "--udp",
+        "0.0.0.0:0",
+        "--udp",
+        "[::1]:0",
+        "--udp-buffer",
+        "8192",
+        "--deny",
+        "127.0.0.9",
+        "--rate",
+        "1000/60",
+    ]);
+    let addrs = udp_addrs(&srv, 2);
+    let v4: std::net::SocketAddr = format!("127.0.0.2:{}", addrs[0].port()).parse().unwrap();
+    let c = udp_client("127.0.0.1:0");
+    let c6 = udp_client("[::1]:0");
+    for n in [0, 1, 1472, 8192] {
+        let p = random_bytes(n as u64, n);
+        assert_eq!(udp_echo(&c, v4, &p).0, p);
+        assert_eq!(udp_echo(&c6, addrs[1], &p).0, p);
+    }
+    // Every way of not answering: too long, a service port, port 0, a
+    // reserved source, a broadcast, the access rules.
+    c.send_to(&[0u8; 8193], v4).unwrap();
+    udp_client("127.0.0.1:19").send_to(b"x", v4).unwrap();
+    let std::net::SocketAddr::V4(to) = v4 else {
+        unreachable!()
+    };
+    raw_udp_v4("127.0.0.1".parse().unwrap(), 0, to, b"x");
+    raw_udp_v4("224.0.0.9".parse().unwrap(), 5000, to, b"x");
+    let b = udp_client("127.0.0.1:0");
+    b.set_broadcast(true).unwrap();
+    let bcast = format!("127.255.255.255:{}", addrs[0].port());
+    b.send_to(b"x", bcast.as_str()).unwrap();
+    udp_client("127.0.0.9:0").send_to(b"x", v4).unwrap();
+    for name in [
+        "udp_too_long",
+        "udp_refused_port",
+        "udp_refused_port0",
+        "udp_refused_source",
+        "udp_refused_dest",
+        "udp_refused_deny",
+    ] {
+        assert_eq!(wait_counter(&srv, name, 1), 1, "{name}: {}", srv.log());
+    }
+    assert_eq!(srv.counter("udp_echoed"), 8);
+    srv.signal(Signal::SIGTERM);
+    assert_eq!(srv.wait_exit(SOON).code(), Some(0));
+    let log = srv.log();
+    assert_eq!(counts(&log, "parent"), vec![0], "{log}");
+}
