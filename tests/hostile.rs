@@ -4,10 +4,10 @@
 
 mod common;
 use common::*;
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage};
+use nix::sys::socket::{self, MsgFlags};
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,23 +36,17 @@ fn urgent_bytes_come_back_in_order_and_the_child_never_spins() {
     }
 }
 
-/// A non-blocking connect from 127.0.0.1 that is never used: an idle holder.
-fn idle_holder(to: SocketAddr) -> OwnedFd {
-    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
-    let fd = socket::socket(AddressFamily::Inet, SockType::Stream, flags, None).unwrap();
-    match socket::connect(fd.as_raw_fd(), &SockaddrStorage::from(to)) {
-        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => fd,
-        Err(e) => panic!("connect: {e}"),
-    }
-}
-
 #[test]
 fn idle_holders_do_not_lock_out_a_newcomer() {
     // The defaults: 64 children, backlog 128, --evict-after 1.
     let srv = Server::start(&[]);
-    let holders: Vec<OwnedFd> = (0..300).map(|_| idle_holder(srv.addr)).collect();
-    // Wait until every holder has been accepted (idle ones are ended in
-    // turn to make room, so the backlog drains).
+    // 300 connections that say nothing, each connected before the next
+    // (beyond the backlog a connect waits for the kernel's SYN retry while
+    // idle sessions are ended in turn to make room).
+    let holders: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect_timeout(&srv.addr, Duration::from_secs(60)).expect("connect"))
+        .collect();
+    // Wait until every holder has been accepted: the backlog is empty.
     let deadline = Instant::now() + Duration::from_secs(60);
     while srv.counter("accepted") < 300 {
         assert!(Instant::now() < deadline, "{}", srv.status());
