@@ -31,11 +31,23 @@ for target in "${targets[@]}"; do
         cp "$bin" "dist/forkecho-$version-$target"
     )
 done
+# Debian packages: armhf is the ARMv6 build, arm64 the AArch64 one, amd64 a
+# static x86_64 musl build made here for the package only.
+if [ ${#@} -eq 0 ]; then
+    (
+        ensure_cross x86_64-unknown-linux-musl
+        zb zigbuild --release --target x86_64-unknown-linux-musl
+        check_binary x86_64-unknown-linux-musl target/x86_64-unknown-linux-musl/release/forkecho
+    )
+    FORKECHO_DEB_OUT=dist scripts/deb.sh armhf arm64 amd64
+fi
 cd dist
-sha256sum forkecho-* > SHA256SUMS
+sha256sum forkecho-* forkecho_*.deb 2>/dev/null > SHA256SUMS || sha256sum forkecho-* > SHA256SUMS
 {
     printf '| file | bytes |\n| --- | ---: |\n'
-    for f in forkecho-*; do printf '| %s | %s |\n' "$f" "$(stat -c %s "$f")"; done
+    for f in forkecho-* forkecho_*.deb; do
+        [ -e "$f" ] && printf '| %s | %s |\n' "$f" "$(stat -c %s "$f")"
+    done
 } > SIZES.md
 cat SIZES.md
 echo "dist/: $(ls | tr '\n' ' ')"

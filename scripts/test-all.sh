@@ -69,4 +69,12 @@ if [ -n "$TARGETS" ]; then
     echo "== full-system boots (scripts/boot-test.sh)"
     FORKECHO_BOOT_TRIPLES="$TARGETS" scripts/boot-test.sh
 fi
+# The .deb under systemd as PID 1 (Debian arm64 guest): install, the three
+# unit pairs, stop, upgrade, purge. Needs the AArch64 build.
+case " $TARGETS " in
+*" aarch64-unknown-linux-musl "*)
+    echo "== the arm64 package in a systemd guest (scripts/systemd-guest-test.sh)"
+    scripts/systemd-guest-test.sh
+    ;;
+esac
 echo "== all tests passed (host${TARGETS:+ and $TARGETS})"

@@ -2,7 +2,8 @@
 # Checks the files in deploy/ against the real tools, with the binary at
 #   $1 (default: target/debug/forkecho, built if missing):
 # - systemd-analyze verify accepts every unit, without a single warning
-#   (it only warns, exit 0, on unknown keys: any output fails here);
+#   (it only warns, exit 0, on unknown keys: any output fails here), with
+#   the man page they name (deploy/forkecho.8);
 # - the init script starts the server (start-stop-daemon), which echoes,
 #   reports its status, and stops it again.
 set -euo pipefail
@@ -17,8 +18,11 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     mkdir "$tmp/units"
     cp deploy/*.service deploy/*.socket "$tmp/units/"
     # The units name the installed path; point them at this build.
-    sed -i "s|/usr/local/bin/forkecho|$bin|" "$tmp/units/"*
-    out=$(systemd-analyze verify "$tmp/units/"*.socket "$tmp/units/"*.service 2>&1) || {
+    sed -i "s|/usr/bin/forkecho|$bin|" "$tmp/units/"*
+    # Documentation=man:forkecho(8) is checked too: the page from deploy/.
+    mkdir -p "$tmp/man/man8"
+    cp deploy/forkecho.8 "$tmp/man/man8/"
+    out=$(MANPATH="$tmp/man:" systemd-analyze verify "$tmp/units/"*.socket "$tmp/units/"*.service 2>&1) || {
         echo "check failed: systemd-analyze verify: $out" >&2
         exit 1
     }
