@@ -255,21 +255,11 @@ impl Notify {
         let path = std::env::var_os("NOTIFY_SOCKET")?;
         std::env::remove_var("NOTIFY_SOCKET");
         let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        let connected = || {
-            let addr = match bytes.strip_prefix(b"@") {
-                Some(name) => UnixAddr::new_abstract(name),
-                None => UnixAddr::new(bytes),
-            }?;
-            let fd = socket::socket(
-                socket::AddressFamily::Unix,
-                socket::SockType::Datagram,
-                socket::SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
-            socket::connect(fd.as_raw_fd(), &addr)?;
-            Ok::<_, Errno>(fd)
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => UnixAddr::new_abstract(name),
+            None => UnixAddr::new(bytes),
         };
-        match connected() {
+        match addr.and_then(|a| crate::log::connect_unix_datagram(&a)) {
             Ok(fd) => Some(Notify { fd }),
             Err(e) => {
                 crate::log!(Level::Error, "NOTIFY_SOCKET unusable: {}", Reason(e));

@@ -204,8 +204,8 @@ fn send_syslog(fd: RawFd, line: &mut Line) -> bool {
 }
 
 /// `socket(2)` + `connect(2)`: a close-on-exec datagram socket connected to
-/// the syslog socket.
-fn connect_syslog(addr: &UnixAddr) -> nix::Result<RawFd> {
+/// a local socket (syslog's, or systemd's notification socket).
+pub fn connect_unix_datagram(addr: &UnixAddr) -> nix::Result<std::os::fd::OwnedFd> {
     let fd = socket::socket(
         socket::AddressFamily::Unix,
         socket::SockType::Datagram,
@@ -213,7 +213,11 @@ fn connect_syslog(addr: &UnixAddr) -> nix::Result<RawFd> {
         None,
     )?;
     socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), addr)?;
-    Ok(fd.into_raw_fd())
+    Ok(fd)
+}
+
+fn connect_syslog(addr: &UnixAddr) -> nix::Result<RawFd> {
+    connect_unix_datagram(addr).map(IntoRawFd::into_raw_fd)
 }
 
 /// `--syslog`: connect to `path` now (before any chroot), then send every

@@ -260,21 +260,29 @@ fn tcp_is_served_while_a_udp_flood_runs() {
     eprintln!("20 TCP echoes in {tcp_time:?} during a flood of {sent} datagrams, {echoed} echoed");
 }
 
-#[test]
-fn socket_activation_passes_datagram_sockets() {
+/// The real `systemd-socket-activate` with `args`, on a free loopback port,
+/// running forkecho with `server_args`; waits until it listens.
+fn datagram_activator(args: &[&str], server_args: &[&str]) -> (Server, SocketAddr) {
     let port = free_port();
     let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(["--datagram", "-l", &format!("127.0.0.1:{port}")])
+    cmd.args(args)
+        .args(["-l", &format!("127.0.0.1:{port}")])
         .args(runner_and_bin())
-        .arg("-v");
+        .args(server_args);
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut srv = Server::spawn(cmd, Some(to));
+    let srv = Server::spawn(cmd, Some(to));
     assert_eq!(
         srv.wait_log_count("Listening on", 1, SOON),
         1,
         "{}",
         srv.log()
     );
+    (srv, to)
+}
+
+#[test]
+fn socket_activation_passes_datagram_sockets() {
+    let (mut srv, to) = datagram_activator(&["--datagram"], &["-v"]);
     // The first datagram makes the activator exec forkecho, which finds it
     // waiting on the passed socket.
     let c = udp_client("127.0.0.1:0");
@@ -290,19 +298,7 @@ fn socket_activation_passes_datagram_sockets() {
 fn inetd_mode_answers_pending_datagrams_and_exits() {
     // inetd `dgram wait`: the socket is descriptor 0; the server answers
     // and, after a quiet second, exits so the activator can take over.
-    let port = free_port();
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(["--datagram", "--inetd", "-l", &format!("127.0.0.1:{port}")])
-        .args(runner_and_bin())
-        .args(["--inetd", "-v"]);
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut srv = Server::spawn(cmd, Some(to));
-    assert_eq!(
-        srv.wait_log_count("Listening on", 1, SOON),
-        1,
-        "{}",
-        srv.log()
-    );
+    let (mut srv, to) = datagram_activator(&["--datagram", "--inetd"], &["--inetd", "-v"]);
     let c = udp_client("127.0.0.1:0");
     let from19 = udp_client("127.0.0.6:19");
     assert_eq!(udp_echo(&c, to, b"inetd").0, b"inetd");
