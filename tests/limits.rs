@@ -14,8 +14,9 @@ const MODES: [&str; 3] = ["auto", "splice", "copy"];
 fn idle_timeout_ends_a_silent_session_and_is_counted() {
     for mode in MODES {
         let srv = Server::start(&["--echo", mode, "--idle-timeout", "1", "-v"]);
-        let (mut s, child) = open_session(&srv, b"ping");
+        // The clock starts before the echo: the idle period begins after it.
         let t = Instant::now();
+        let (mut s, child) = open_session(&srv, b"ping");
         assert!(
             closed_within(&mut s, SOON),
             "{mode}: idle session not ended"
@@ -93,8 +94,9 @@ fn max_session_ends_a_busy_session() {
             "0",
             "-v",
         ]);
-        let (mut s, _child) = open_session(&srv, b"go");
+        // The clock starts before the session does.
         let t = Instant::now();
+        let (mut s, _child) = open_session(&srv, b"go");
         let mut echoed = 2usize;
         // Keep talking until the server hangs up.
         loop {

@@ -87,6 +87,11 @@ fn child_holds_only_its_connection_and_parent_never_holds_it() {
             fds(child)
         );
         // The parent's descriptors are what they were: no connection there.
+        // (It closes its copy just after fork: allow it to be scheduled.)
+        let deadline = Instant::now() + SOON;
+        while inodes(srv.pid, "socket:") != parent_sockets && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             inodes(srv.pid, "socket:"),
             parent_sockets,
