@@ -108,13 +108,14 @@ fn main() -> ExitCode {
 }
 
 fn start() -> Result<()> {
-    let args: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| Error::Usage(format!("argument {} is not UTF-8", a.to_string_lossy())))
-        })
-        .collect::<Result<_>>()?;
+    // A plain loop: collecting through `Result` built a 680-byte adapter.
+    let mut args = Vec::new();
+    for a in std::env::args_os().skip(1) {
+        let a = a
+            .into_string()
+            .map_err(|a| Error::Usage(format!("argument {} is not UTF-8", a.to_string_lossy())))?;
+        args.push(a);
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cfg = match cli::parse(&args)? {
         cli::Command::Print(text) => return print(&text),
