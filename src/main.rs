@@ -110,10 +110,12 @@ fn main() -> ExitCode {
 fn start() -> Result<()> {
     // A plain loop: collecting through `Result` built a 680-byte adapter.
     let mut args = Vec::new();
-    for a in std::env::args_os().skip(1) {
+    // The argument is named by its place: printing it lossily would cost
+    // 0.5 KB of UTF-8 repair code on armv7 for a line nobody sees twice.
+    for (n, a) in std::env::args_os().skip(1).enumerate() {
         let a = a
             .into_string()
-            .map_err(|a| Error::Usage(format!("argument {} is not UTF-8", a.to_string_lossy())))?;
+            .map_err(|_| Error::Usage(format!("argument {} is not UTF-8", n + 1)))?;
         args.push(a);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
