@@ -30,6 +30,7 @@ CHECKS = [
     "boot",
     "version",
     "privileges",
+    "sandbox",
     "echo",
     "per-ip",
     "sessions",
@@ -474,6 +475,33 @@ def checks(con, port, args, run):
             s.close()
 
     step(run, "privileges", "runs as nobody/nogroup with NoNewPrivs", privileges)
+
+    # 2b. The sandbox: only a real ARM kernel can prove the ARM filter (QEMU
+    # user mode refuses filters). A live session child is in filter mode
+    # (Seccomp: 2), and the session still echoes under it.
+    def sandbox():
+        pid = guest_pid(con)
+        s = proven_session(port, "sbx")
+        if s is None:
+            return False, "the session was refused"
+        try:
+            kids, _, _ = children_and_zombies(con, pid)
+            if len(kids) != 1:
+                return False, f"expected 1 session child, found {len(kids)}"
+            child = kids[0]["pid"]
+            _, out = con.run(f"grep -E '^Seccomp:' /proc/{child}/status; grep -E '^Seccomp:' /proc/{pid}/status")
+            lines = [l.split()[-1] for l in out.splitlines() if l.startswith("Seccomp:")]
+            if lines != ["2", "0"]:
+                return False, f"Seccomp of child and parent: {lines}"
+            s.sendall(b"under the filter")
+            got = read_exact(s, 16, 20)
+            if got != b"under the filter":
+                return False, f"echo under the filter: {got!r}"
+            return True, f"session child {child}: Seccomp: 2 (filter), parent: 0; it echoes"
+        finally:
+            s.close()
+
+    step(run, "sandbox", "a session child runs under the seccomp filter", sandbox)
 
     # 3. An exact multi-MiB echo.
     size = mib * 1024 * 1024
