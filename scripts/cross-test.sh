@@ -248,6 +248,13 @@ prove() {
     local bin="$1" target="$2" label="$3" runner out log
     runner=$(runner_for "$target")
     check_binary "$target" "$bin"
+    # A copy anyone can run: the tests start it as nobody too (a privileged
+    # port), and the cache may sit in a home directory only root can enter.
+    local shared
+    shared=$(mktemp -d /tmp/forkecho-cross.XXXXXX)
+    chmod 755 "$shared"
+    install -m 755 "$bin" "$shared/forkecho"
+    bin="$shared/forkecho"
     out=$($runner "$bin" --version)
     echo "$runner $bin --version: $out"
     case "$out" in
@@ -260,6 +267,7 @@ prove() {
         FORKECHO_BIN="$bin" FORKECHO_RUNNER="$runner" FORKECHO_EXPECT_TARGET="$target" \
         cargo "+$TC" test $(integration_tests) 2>&1 | tee "$log"
     SUMMARY+=("$target $label: host-built integration tests under $runner: $(count_tests "$log")")
+    rm -rf "$shared"
 }
 
 size_of() { stat -c %s "$1"; }

@@ -52,6 +52,7 @@ fn every_mode_serves_under_the_filter() {
         s.shutdown(std::net::Shutdown::Write).unwrap();
         assert!(read_to_eof_within(&mut s, SOON).is_empty(), "{mode}");
         // An idle session ends by its timeout, with the end logged.
+        assert_eq!(srv.wait_children(0, SOON), 0, "{mode}");
         let (mut idle, _) = open_session(&srv, b"i");
         assert!(closed_within(&mut idle, SOON), "{mode}: idle not ended");
         round_trip(&srv, b"after");
