@@ -284,10 +284,7 @@ cross_test() {
 
 cross_target() {
     local t="$1" bin log
-    # Under .cache/cross/ (like the image): the container sees the project
-    # at /project whatever the checkout, so a later run, even from a fresh
-    # clone, finds std and the dependencies built.
-    local dir="$CACHE/target"
+    local dir="$ROOT/target/cross"
     bin="$dir/$t/release/forkecho"
 
     # What a user types. Its own target folder, so the zig build in
@@ -305,7 +302,7 @@ cross_target() {
         # The size options of scripts/toolchain.sh, through cross: RUSTFLAGS
         # is passed into the container (and replaces the target rustflags,
         # so they are repeated), the -Z arguments go to cargo.
-        local sdir="$CACHE/target-size" sbin flags="-C link-self-contained=no"
+        local sdir="$ROOT/target/cross-size" sbin flags="-C link-self-contained=no"
         sbin="$sdir/$t/release/forkecho"
         flags="$flags $(target_rustflags "$t")"
         step "$t: cross build --release with the size options" \
