@@ -46,6 +46,12 @@ fn every_mode_serves_under_the_filter() {
                 Some("2"),
                 "{mode}"
             );
+            // One filter more than its parent (a container may add its own
+            // to both).
+            let filters = |pid| -> u32 {
+                proc_status(pid, "Seccomp_filters").map_or(0, |v| v.parse().unwrap_or(0))
+            };
+            assert_eq!(filters(child), filters(srv.pid) + 1, "{mode}");
         }
         // Past 64 KiB, so auto turns from splice to copy under the filter.
         echo_bulk(&mut s, 300_000);
@@ -119,7 +125,17 @@ fn sandbox_on_serves_filtered_or_refuses_to_start() {
 fn sandbox_off_installs_nothing_and_says_nothing() {
     let srv = Server::start(&["--sandbox", "off"]);
     let (_s, child) = open_session(&srv, b"off");
-    assert_eq!(proc_status(child, "Seccomp").as_deref(), Some("0"));
+    // No filter of ours: the child has exactly the filters its parent has
+    // (none on a plain host; a container runtime may have put its own on
+    // both).
+    assert_eq!(
+        proc_status(child, "Seccomp_filters"),
+        proc_status(srv.pid, "Seccomp_filters")
+    );
+    assert_eq!(
+        proc_status(child, "Seccomp"),
+        proc_status(srv.pid, "Seccomp")
+    );
     assert!(!srv.log().contains("sandbox"), "{}", srv.log());
     assert_one_line_error(
         &["--sandbox", "maybe"],
