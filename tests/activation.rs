@@ -7,28 +7,10 @@ mod common;
 use common::*;
 use nix::sys::signal::Signal;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::Duration;
-
-fn activator(args: &[&str], port: u16, server_args: &[&str]) -> Server {
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(args)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(runner_and_bin())
-        .args(server_args);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let srv = Server::spawn(cmd, Some(addr));
-    assert_eq!(
-        srv.wait_log_count("Listening on", 1, SOON),
-        1,
-        "activator: {}",
-        srv.log()
-    );
-    srv
-}
 
 #[test]
 fn socket_activation_serves_the_passed_socket() {

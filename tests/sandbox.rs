@@ -7,8 +7,6 @@
 mod common;
 use common::*;
 use std::io::Write;
-use std::net::SocketAddr;
-use std::process::Command;
 
 const REFUSED: &str = "sandbox: the kernel refused the seccomp filter";
 
@@ -147,18 +145,7 @@ fn sandbox_off_installs_nothing_and_says_nothing() {
 #[test]
 fn inetd_mode_serves_under_the_filter() {
     let port = free_port();
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(["--inetd", "--accept", "-l", &format!("127.0.0.1:{port}")])
-        .args(runner_and_bin())
-        .args(["--inetd", "-v"]);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let srv = Server::spawn(cmd, Some(addr));
-    assert_eq!(
-        srv.wait_log_count("Listening on", 1, SOON),
-        1,
-        "{}",
-        srv.log()
-    );
+    let srv = activator(&["--inetd", "--accept"], port, &["--inetd", "-v"]);
     let (mut s, child) = open_session(&srv, b"inetd");
     // Each inetd process decides for itself: unfiltered only where the
     // kernel refused, which it then says (the line may reach the test's log

@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use nix::sys::signal::Signal;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// After the counters say a datagram was handled, a reply would already be
@@ -260,23 +259,10 @@ fn tcp_is_served_while_a_udp_flood_runs() {
     eprintln!("20 TCP echoes in {tcp_time:?} during a flood of {sent} datagrams, {echoed} echoed");
 }
 
-/// The real `systemd-socket-activate` with `args`, on a free loopback port,
-/// running forkecho with `server_args`; waits until it listens.
+/// The datagram activator on a free port: the server and its address.
 fn datagram_activator(args: &[&str], server_args: &[&str]) -> (Server, SocketAddr) {
-    let port = free_port();
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(args)
-        .args(["-l", &format!("127.0.0.1:{port}")])
-        .args(runner_and_bin())
-        .args(server_args);
-    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let srv = Server::spawn(cmd, Some(to));
-    assert_eq!(
-        srv.wait_log_count("Listening on", 1, SOON),
-        1,
-        "{}",
-        srv.log()
-    );
+    let srv = activator(args, free_port(), server_args);
+    let to = srv.addr;
     (srv, to)
 }
 

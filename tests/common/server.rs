@@ -358,6 +358,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// forkecho behind the real `systemd-socket-activate` with `args`, on
+/// 127.0.0.1:`port`, run with `server_args`; returns once the activator
+/// listens (forkecho itself starts with the first client).
+pub fn activator(args: &[&str], port: u16, server_args: &[&str]) -> Server {
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(args)
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(runner_and_bin())
+        .args(server_args);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let srv = Server::spawn(cmd, Some(addr));
+    assert_eq!(
+        srv.wait_log_count("Listening on", 1, SOON),
+        1,
+        "activator: {}",
+        srv.log()
+    );
+    srv
+}
+
 /// The runner and binary as one argument list, for wrapping in another
 /// command (an activator, a shell).
 pub fn runner_and_bin() -> Vec<String> {
