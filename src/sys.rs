@@ -408,3 +408,15 @@ fn read_pktinfo(msg: &libc::msghdr, d: &mut Datagram) {
         }
     }
 }
+
+/// Stands in for the C library's `fprintf` on 32-bit ARM, so that musl's
+/// printf engine (9 KB on armv7) is not linked. Its one caller is
+/// libunwind's fatal-error path, which ARM's unwind tables keep alive
+/// through the personality routine; nothing here ever unwinds (release
+/// builds abort on panic at once), so that path only runs on a corrupt
+/// unwind table, and then aborts anyway, without its message.
+#[cfg(all(target_arch = "arm", not(test)))]
+#[no_mangle]
+pub extern "C" fn fprintf() -> libc::c_int {
+    0
+}
