@@ -1,189 +1,267 @@
-//! Command line: parsing with `argh`, then validation into a [`Config`].
+//! Command line: a small scan of the words into [`Args`], then validation
+//! into a [`Config`].
 //!
 //! Every value is checked here, before anything is bound or forked, so a bad
 //! command line costs one clear line on stderr and exit status 2. This module
 //! is a leaf: it builds the domain's types (`ListenSpec`, `Policy`, `Mode`,
 //! `Limits`) from text, and no domain module imports it. The ranges it checks
 //! come from `limits`, and so do the numbers its messages quote.
+//!
+//! Hand-written rather than derived (argh): the interface is fixed and flat,
+//! and the derived parser with its generated help cost several KB of a
+//! board's binary for what one loop over a name table does.
 
 use crate::admission::{Cidr, Policy, Rate, Rule};
 use crate::error::{Error, Result};
 use crate::limits::{self, MAX_LISTENERS, MAX_RULES, REJECT_MESSAGE_MAX};
 use crate::listener::{ListenSpec, Specs};
 use crate::session::{Limits, Mode};
-use argh::FromArgs;
 use core::fmt::Display;
-use core::sync::atomic::{AtomicU32, Ordering};
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-/// forkecho: a fork-per-connection TCP echo server (RFC 862).
-#[derive(FromArgs, Debug)]
-#[argh(help_triggers("--help"))]
-struct Args {
-    /// address to listen on, ADDR:PORT (IPv4 or [IPv6]; port 0 picks a free
-    /// one); repeatable. Default: [::]:7007 dual-stack, or 0.0.0.0:7007
-    /// without IPv6
-    #[argh(option)]
-    listen: Vec<String>,
+/// `--help`, as argh printed it. Static text: the unit test
+/// `help_quotes_the_ranges_and_defaults_in_limits` keeps its ranges and
+/// defaults equal to `limits`.
+const HELP: &str = "\
+Usage: forkecho [--listen <listen...>] [--max-children <max-children>] [--backlog <backlog>] [--buffer-size <buffer-size>] [--echo <echo>] [--allow <allow...>] [--deny <deny...>] [--max-per-ip <max-per-ip>] [--ipv6-prefix <ipv6-prefix>] [--rate <rate>] [--global-rate <global-rate>] [--reject-message <reject-message>] [--idle-timeout <idle-timeout>] [--max-session <max-session>] [--evict-after <evict-after>] [--shutdown-timeout <shutdown-timeout>] [--sandbox <sandbox>] [--udp <udp...>] [--udp-refuse-ports <udp-refuse-ports>] [--udp-buffer <udp-buffer>] [--inetd] [--ready-fd <ready-fd>] [--user <user>] [--group <group>] [--chroot <chroot>] [--syslog] [--syslog-socket <syslog-socket>] [--metrics-file <metrics-file>] [--metrics-interval <metrics-interval>] [-v] [-q] [--version]
 
-    /// most connections served at once, 1..=1024 (default 64); beyond it new
-    /// clients wait in the kernel backlog
-    #[argh(option, default = "limits::DEFAULT_CHILDREN")]
-    max_children: u32,
+forkecho: a fork-per-connection TCP echo server (RFC 862).
 
-    /// listen(2) backlog, 1..=65535 (default 128)
-    #[argh(option, default = "limits::DEFAULT_BACKLOG")]
-    backlog: u32,
+Options:
+  --listen          address to listen on, ADDR:PORT (IPv4 or [IPv6]; port 0
+                    picks a free one); repeatable. Default: [::]:7007
+                    dual-stack, or 0.0.0.0:7007 without IPv6
+  --max-children    most connections served at once, 1..=1024 (default 64);
+                    beyond it new clients wait in the kernel backlog
+  --backlog         listen(2) backlog, 1..=65535 (default 128)
+  --buffer-size     echo buffer per connection in bytes, 512..=1048576 (default
+                    65536); touched only by copying, so an idle child does not
+                    pay for it
+  --echo            how a child echoes: auto (splice until the session has
+                    echoed 64 KiB, then copy), splice (zero-copy through a pipe
+                    throughout), copy (read/write through the buffer). splice
+                    falls back to copy where the kernel refuses it. Default:
+                    auto
+  --allow           allow clients in CIDR (10.0.0.0/8, 2001:db8::/32,
+                    192.0.2.7); repeatable. --allow and --deny rules are checked
+                    in the order given, the first match decides; if none matches
+                    the client is allowed, unless some --allow was given
+  --deny            refuse clients in CIDR, closed without a fork; repeatable
+                    (see --allow)
+  --max-per-ip      most concurrent connections from one address (an IPv4
+                    address, or an IPv6 /64, see --ipv6-prefix), 0 for no limit
+                    (default 0)
+  --ipv6-prefix     IPv6 prefix length that counts as one address for
+                    --max-per-ip and --rate, 1..=128 (default 64)
+  --rate            at most N new connections per SECS seconds from one address,
+                    as N/SECS (e.g. 20/60); over it a client is refused until
+                    its window passes. Default: no limit
+  --global-rate     at most N new connections per SECS seconds in all, as
+                    N/SECS. Default: no limit
+  --reject-message  text sent (followed by CRLF) to a client refused by
+                    --max-per-ip, --rate or --global-rate before closing, up to
+                    200 bytes. Default: close without a word
+  --idle-timeout    end a session after this many seconds without a byte
+                    received or sent, 0..=86400, 0 for never (default 60)
+  --max-session     end a session this many seconds after it began, 0..=86400, 0
+                    for never (default 900)
+  --evict-after     at --max-children, end the session idle longest, if idle
+                    this many seconds or more, to serve a new client (it ends
+                    cleanly: FIN after its echo), 0..=86400, 0 for never
+                    (default 1)
+  --shutdown-timeout
+                    seconds to wait for children after SIGTERM/SIGINT before
+                    SIGKILL, 0..=3600 (default 5)
+  --sandbox         confine each child with a seccomp filter that allows only
+                    the calls an echo makes: auto (where the kernel takes one),
+                    on (or refuse to start), off. Default: auto
+  --udp             also echo UDP datagrams on ADDR:PORT, in the parent without
+                    a fork (same syntax and IPv6 pairing as --listen);
+                    repeatable. Default: off
+  --udp-refuse-ports
+                    UDP source ports never answered, comma-separated, or none
+                    (default 7,9,13,17,19,37: the small services, which would
+                    answer back and loop). Source port 0, broadcast/multicast
+                    sources and destinations are never answered either
+  --udp-buffer      longest UDP datagram echoed, 512..=65536 (default 65536,
+                    which holds any IPv4 or IPv6 datagram); longer ones are
+                    dropped and counted
+  --inetd           serve the one connection on descriptor 0 and exit, without
+                    forking or listening (inetd, xinetd, systemd Accept=yes)
+  --ready-fd        when ready, write the bound port and a newline to descriptor
+                    N and close it (s6 notification-fd)
+  --user            after binding, switch to this user (name or uid); its group
+                    unless --group is given
+  --group           after binding, switch to this group (name or gid)
+  --chroot          after binding, chroot to DIR (an empty directory will do)
+  --syslog          log to the local syslog socket (facility daemon) instead of
+                    stderr
+  --syslog-socket   the syslog socket for --syslog (default /dev/log)
+  --metrics-file    write the counters to PATH in the Prometheus text format
+                    (for node_exporter's textfile collector), atomically through
+                    .PATH.tmp: at start, every --metrics-interval, on SIGUSR1
+                    and at shutdown
+  --metrics-interval
+                    seconds between two writes of --metrics-file, 1..=3600
+                    (default 15)
+  -v, --verbose     log every connection
+  -q, --quiet       log errors only
+  --version         print the version and target, then exit
+  --help            display usage information
+";
 
-    /// echo buffer per connection in bytes, 512..=1048576 (default 65536);
-    /// touched only by copying, so an idle child does not pay for it
-    #[argh(option, default = "limits::DEFAULT_BUFFER")]
-    buffer_size: u32,
+/// The options that take one value and may be given once; `Opt as usize`
+/// indexes [`VALUED`] and `Args::values`.
+#[derive(Clone, Copy)]
+enum Opt {
+    MaxChildren,
+    Backlog,
+    BufferSize,
+    Echo,
+    MaxPerIp,
+    Ipv6Prefix,
+    Rate,
+    GlobalRate,
+    RejectMessage,
+    IdleTimeout,
+    MaxSession,
+    EvictAfter,
+    ShutdownTimeout,
+    Sandbox,
+    UdpRefusePorts,
+    UdpBuffer,
+    ReadyFd,
+    User,
+    Group,
+    Chroot,
+    SyslogSocket,
+    MetricsFile,
+    MetricsInterval,
+}
 
-    /// how a child echoes: auto (splice until the session has echoed 64 KiB,
-    /// then copy), splice (zero-copy through a pipe throughout),
-    /// copy (read/write through the buffer). splice falls back to copy where
-    /// the kernel refuses it. Default: auto
-    #[argh(option, default = "String::from(\"auto\")")]
-    echo: String,
+/// The names of [`Opt`], in its order.
+const VALUED: [&str; 23] = [
+    "--max-children",
+    "--backlog",
+    "--buffer-size",
+    "--echo",
+    "--max-per-ip",
+    "--ipv6-prefix",
+    "--rate",
+    "--global-rate",
+    "--reject-message",
+    "--idle-timeout",
+    "--max-session",
+    "--evict-after",
+    "--shutdown-timeout",
+    "--sandbox",
+    "--udp-refuse-ports",
+    "--udp-buffer",
+    "--ready-fd",
+    "--user",
+    "--group",
+    "--chroot",
+    "--syslog-socket",
+    "--metrics-file",
+    "--metrics-interval",
+];
 
-    /// allow clients in CIDR (10.0.0.0/8, 2001:db8::/32, 192.0.2.7);
-    /// repeatable. --allow and --deny rules are checked in the order given,
-    /// the first match decides; if none matches the client is allowed,
-    /// unless some --allow was given
-    #[argh(option, from_str_fn(in_order))]
-    allow: Vec<InOrder>,
+impl Opt {
+    fn name(self) -> &'static str {
+        VALUED[self as usize]
+    }
+}
 
-    /// refuse clients in CIDR, closed without a fork; repeatable (see
-    /// --allow)
-    #[argh(option, from_str_fn(in_order))]
-    deny: Vec<InOrder>,
+/// The options that take a value and may be repeated.
+const REPEATED: [&str; 4] = ["--listen", "--udp", "--allow", "--deny"];
 
-    /// most concurrent connections from one address (an IPv4 address, or
-    /// an IPv6 /64, see --ipv6-prefix), 0 for no limit (default 0)
-    #[argh(option, default = "0")]
-    max_per_ip: u32,
-
-    /// IPv6 prefix length that counts as one address for --max-per-ip and
-    /// --rate, 1..=128 (default 64)
-    #[argh(option, default = "limits::DEFAULT_IPV6_PREFIX")]
-    ipv6_prefix: u8,
-
-    /// at most N new connections per SECS seconds from one address, as
-    /// N/SECS (e.g. 20/60); over it a client is refused until its window
-    /// passes. Default: no limit
-    #[argh(option)]
-    rate: Option<String>,
-
-    /// at most N new connections per SECS seconds in all, as N/SECS.
-    /// Default: no limit
-    #[argh(option)]
-    global_rate: Option<String>,
-
-    /// text sent (followed by CRLF) to a client refused by --max-per-ip,
-    /// --rate or --global-rate before closing, up to 200 bytes. Default:
-    /// close without a word
-    #[argh(option)]
-    reject_message: Option<String>,
-
-    /// end a session after this many seconds without a byte received or
-    /// sent, 0..=86400, 0 for never (default 60)
-    #[argh(option, default = "limits::DEFAULT_IDLE_SECS")]
-    idle_timeout: u32,
-
-    /// end a session this many seconds after it began, 0..=86400, 0 for
-    /// never (default 900)
-    #[argh(option, default = "limits::DEFAULT_SESSION_SECS")]
-    max_session: u32,
-
-    /// at --max-children, end the session idle longest, if idle this many
-    /// seconds or more, to serve a new client (it ends cleanly: FIN after its
-    /// echo), 0..=86400, 0 for never (default 1)
-    #[argh(option, default = "limits::DEFAULT_EVICT_SECS")]
-    evict_after: u32,
-
-    /// seconds to wait for children after SIGTERM/SIGINT before SIGKILL,
-    /// 0..=3600 (default 5)
-    #[argh(option, default = "limits::DEFAULT_SHUTDOWN_SECS")]
-    shutdown_timeout: u32,
-
-    /// confine each child with a seccomp filter that allows only the calls
-    /// an echo makes: auto (where the kernel takes one), on (or refuse to
-    /// start), off. Default: auto
-    #[argh(option, default = "String::from(\"auto\")")]
-    sandbox: String,
-
-    /// also echo UDP datagrams on ADDR:PORT, in the parent without a fork
-    /// (same syntax and IPv6 pairing as --listen); repeatable. Default: off
-    #[argh(option)]
-    udp: Vec<String>,
-
-    /// UDP source ports never answered, comma-separated, or none (default
-    /// 7,9,13,17,19,37: the small services, which would answer back and
-    /// loop). Source port 0, broadcast/multicast sources and destinations
-    /// are never answered either
-    #[argh(option)]
-    udp_refuse_ports: Option<String>,
-
-    /// longest UDP datagram echoed, 512..=65536 (default 65536, which holds
-    /// any IPv4 or IPv6 datagram); longer ones are dropped and counted
-    #[argh(option, default = "limits::DEFAULT_UDP_BUFFER")]
-    udp_buffer: u32,
-
-    /// serve the one connection on descriptor 0 and exit, without forking
-    /// or listening (inetd, xinetd, systemd Accept=yes)
-    #[argh(switch)]
+/// The words of the command line sorted by option, not yet judged: the
+/// steps of [`parse`] check the values.
+#[derive(Default)]
+struct Args<'a> {
+    /// The values of [`VALUED`], by [`Opt`].
+    values: [Option<&'a str>; VALUED.len()],
+    listen: Vec<&'a str>,
+    udp: Vec<&'a str>,
+    /// `--allow` (true) and `--deny` (false) values, in command-line order:
+    /// the first matching rule decides.
+    rules: Vec<(bool, &'a str)>,
     inetd: bool,
-
-    /// when ready, write the bound port and a newline to descriptor N and
-    /// close it (s6 notification-fd)
-    #[argh(option)]
-    ready_fd: Option<i32>,
-
-    /// after binding, switch to this user (name or uid); its group unless
-    /// --group is given
-    #[argh(option)]
-    user: Option<String>,
-
-    /// after binding, switch to this group (name or gid)
-    #[argh(option)]
-    group: Option<String>,
-
-    /// after binding, chroot to DIR (an empty directory will do)
-    #[argh(option)]
-    chroot: Option<String>,
-
-    /// log to the local syslog socket (facility daemon) instead of stderr
-    #[argh(switch)]
     syslog: bool,
-
-    /// the syslog socket for --syslog (default /dev/log)
-    #[argh(option)]
-    syslog_socket: Option<String>,
-
-    /// write the counters to PATH in the Prometheus text format (for
-    /// node_exporter's textfile collector), atomically through .PATH.tmp:
-    /// at start, every --metrics-interval, on SIGUSR1 and at shutdown
-    #[argh(option)]
-    metrics_file: Option<String>,
-
-    /// seconds between two writes of --metrics-file, 1..=3600 (default 15)
-    #[argh(option)]
-    metrics_interval: Option<u32>,
-
-    /// log every connection
-    #[argh(switch, short = 'v')]
     verbose: bool,
-
-    /// log errors only
-    #[argh(switch, short = 'q')]
     quiet: bool,
-
-    /// print the version and target, then exit
-    #[argh(switch)]
     version: bool,
+    help: bool,
+}
+
+impl<'a> Args<'a> {
+    fn get(&self, opt: Opt) -> Option<&'a str> {
+        self.values[opt as usize]
+    }
+
+    /// The flag a switch (an option without a value) sets.
+    fn switch(&mut self, name: &str) -> Option<&mut bool> {
+        match name {
+            "--inetd" => Some(&mut self.inetd),
+            "--syslog" => Some(&mut self.syslog),
+            "-v" | "--verbose" => Some(&mut self.verbose),
+            "-q" | "--quiet" => Some(&mut self.quiet),
+            "--version" => Some(&mut self.version),
+            "--help" => Some(&mut self.help),
+            _ => None,
+        }
+    }
+
+    /// Keeps a value of one of [`REPEATED`].
+    fn repeated(&mut self, name: &str, value: &'a str) {
+        match name {
+            "--listen" => self.listen.push(value),
+            "--udp" => self.udp.push(value),
+            _ => self.rules.push((name == "--allow", value)),
+        }
+    }
+}
+
+/// Sorts the words into [`Args`]. A value is the next word whatever it
+/// looks like (`--reject-message --allow` sends "--allow"), as with argh.
+/// After `--` no option is recognised, and forkecho takes nothing else.
+fn scan<'a>(words: &[&'a str]) -> Result<Args<'a>> {
+    let mut args = Args::default();
+    let mut words = words.iter().copied();
+    while let Some(name) = words.next() {
+        if name == "--" {
+            return match words.next() {
+                Some(word) => Err(unrecognized(word)),
+                None => Ok(args),
+            };
+        }
+        if let Some(on) = args.switch(name) {
+            *on = true;
+            continue;
+        }
+        let one = VALUED.iter().position(|v| *v == name);
+        if one.is_none() && !REPEATED.contains(&name) {
+            return Err(unrecognized(name));
+        }
+        let value = words
+            .next()
+            .ok_or_else(|| usage(&format!("no value provided for option {name}")))?;
+        match one {
+            Some(i) if args.values[i].replace(value).is_some() => {
+                return Err(usage(&format!("duplicate value for option {name}")));
+            }
+            Some(_) => {}
+            None => args.repeated(name, value),
+        }
+    }
+    Ok(args)
+}
+
+/// A word that is no option of forkecho (it takes no other arguments).
+fn unrecognized(word: &str) -> Error {
+    usage(&format!("unrecognized argument: {word}"))
 }
 
 #[derive(Debug)]
@@ -233,63 +311,72 @@ pub fn version_line() -> String {
     )
 }
 
-/// Parses `argv` (without the program name): argh, then one named step per
-/// concern.
-pub fn parse(args_in: &[&str]) -> Result<Command> {
-    let args = match Args::from_args(&["forkecho"], args_in) {
-        Ok(a) => a,
-        Err(early) => {
-            return match early.status {
-                Ok(()) => Ok(Command::Print(early.output)),
-                // argh's message is the first line; the rest is a hint.
-                Err(()) => Err(usage(
-                    early.output.lines().next().unwrap_or("bad arguments"),
-                )),
-            };
-        }
-    };
+/// Parses `argv` (without the program name): the scan, then one named step
+/// per concern.
+pub fn parse(words: &[&str]) -> Result<Command> {
+    let args = scan(words)?;
+    if args.help {
+        return Ok(Command::Print(HELP.into()));
+    }
     if args.version {
         return Ok(Command::Print(version_line() + "\n"));
     }
-    check_inetd(&args)?;
+    let max_per_ip = number(&args, Opt::MaxPerIp, 0..=u32::MAX, 0)?;
+    check_inetd(&args, max_per_ip)?;
     let level = level(&args)?;
     let syslog = syslog(&args)?;
-    let ready_fd = ready_fd(args.ready_fd)?;
+    let ready_fd = ready_fd(args.get(Opt::ReadyFd))?;
     let metrics = metrics(&args)?;
     Ok(Command::Run(Box::new(Config {
         listen: listen_specs("--listen", &args.listen)?,
         udp: listen_specs("--udp", &args.udp)?,
-        udp_refuse_ports: refuse_ports(args.udp_refuse_ports.as_deref())?,
-        udp_buffer: ranged("--udp-buffer", args.udp_buffer, limits::UDP_BUFFER)? as usize,
-        max_children: ranged("--max-children", args.max_children, limits::CHILDREN)? as usize,
-        backlog: ranged("--backlog", args.backlog, limits::BACKLOG)? as i32,
-        buffer_size: ranged("--buffer-size", args.buffer_size, limits::BUFFER)? as usize,
-        shutdown_timeout_secs: ranged(
-            "--shutdown-timeout",
-            args.shutdown_timeout,
+        udp_refuse_ports: refuse_ports(args.get(Opt::UdpRefusePorts))?,
+        udp_buffer: number(
+            &args,
+            Opt::UdpBuffer,
+            limits::UDP_BUFFER,
+            limits::DEFAULT_UDP_BUFFER,
+        )? as usize,
+        max_children: number(
+            &args,
+            Opt::MaxChildren,
+            limits::CHILDREN,
+            limits::DEFAULT_CHILDREN,
+        )? as usize,
+        backlog: number(
+            &args,
+            Opt::Backlog,
+            limits::BACKLOG,
+            limits::DEFAULT_BACKLOG,
+        )? as i32,
+        buffer_size: number(
+            &args,
+            Opt::BufferSize,
+            limits::BUFFER,
+            limits::DEFAULT_BUFFER,
+        )? as usize,
+        shutdown_timeout_secs: number(
+            &args,
+            Opt::ShutdownTimeout,
             limits::SHUTDOWN_SECS,
+            limits::DEFAULT_SHUTDOWN_SECS,
         )?,
-        evict_after: secs("--evict-after", args.evict_after, limits::EVICT_SECS)?,
-        echo_mode: args.echo.parse().map_err(|()| {
-            usage(&format!(
-                "--echo {}: must be auto, splice or copy",
-                args.echo
-            ))
-        })?,
+        evict_after: secs(
+            &args,
+            Opt::EvictAfter,
+            limits::EVICT_SECS,
+            limits::DEFAULT_EVICT_SECS,
+        )?,
+        echo_mode: choice(&args, Opt::Echo, "auto, splice or copy")?,
         limits: session_limits(&args)?,
-        policy: policy(&args)?,
-        reject_message: reject_message(args.reject_message.as_deref())?,
+        policy: policy(&args, max_per_ip)?,
+        reject_message: reject_message(args.get(Opt::RejectMessage))?,
         inetd: args.inetd,
-        sandbox: args.sandbox.parse().map_err(|()| {
-            usage(&format!(
-                "--sandbox {}: must be auto, on or off",
-                args.sandbox
-            ))
-        })?,
+        sandbox: choice(&args, Opt::Sandbox, "auto, on or off")?,
         ready_fd,
-        user: args.user,
-        group: args.group,
-        chroot: args.chroot,
+        user: args.get(Opt::User).map(Into::into),
+        group: args.get(Opt::Group).map(Into::into),
+        chroot: args.get(Opt::Chroot).map(Into::into),
         syslog,
         level,
         metrics,
@@ -308,24 +395,31 @@ fn level(args: &Args) -> Result<crate::log::Level> {
 
 /// `--syslog` with its socket; `--syslog-socket` alone is a mistake.
 fn syslog(args: &Args) -> Result<Option<String>> {
-    match (args.syslog, &args.syslog_socket) {
-        (true, path) => Ok(Some(path.clone().unwrap_or_else(|| "/dev/log".into()))),
+    match (args.syslog, args.get(Opt::SyslogSocket)) {
+        (true, path) => Ok(Some(path.unwrap_or("/dev/log").into())),
         (false, Some(_)) => Err(usage("--syslog-socket needs --syslog")),
         (false, None) => Ok(None),
     }
 }
 
+/// `--echo` or `--sandbox`: one of a few words, "auto" when absent.
+fn choice<T: core::str::FromStr<Err = ()>>(args: &Args, opt: Opt, words: &str) -> Result<T> {
+    let text = args.get(opt).unwrap_or("auto");
+    text.parse()
+        .map_err(|()| usage(&format!("{} {text}: must be {words}", opt.name())))
+}
+
 /// `--metrics-file` with its interval; `--metrics-interval` alone is a
 /// mistake.
 fn metrics(args: &Args) -> Result<Option<crate::metrics::Spec>> {
-    let secs = args.metrics_interval;
-    let secs = ranged(
-        "--metrics-interval",
-        secs.unwrap_or(limits::DEFAULT_METRICS_SECS),
+    let secs = number(
+        args,
+        Opt::MetricsInterval,
         limits::METRICS_SECS,
+        limits::DEFAULT_METRICS_SECS,
     )?;
-    let Some(path) = &args.metrics_file else {
-        return match args.metrics_interval {
+    let Some(path) = args.get(Opt::MetricsFile) else {
+        return match args.get(Opt::MetricsInterval) {
             Some(_) => Err(usage("--metrics-interval needs --metrics-file")),
             None => Ok(None),
         };
@@ -341,20 +435,35 @@ fn metrics(args: &Args) -> Result<Option<crate::metrics::Spec>> {
 
 fn session_limits(args: &Args) -> Result<Limits> {
     Ok(Limits {
-        idle: secs("--idle-timeout", args.idle_timeout, limits::SESSION_SECS)?,
-        lifetime: secs("--max-session", args.max_session, limits::SESSION_SECS)?,
+        idle: secs(
+            args,
+            Opt::IdleTimeout,
+            limits::SESSION_SECS,
+            limits::DEFAULT_IDLE_SECS,
+        )?,
+        lifetime: secs(
+            args,
+            Opt::MaxSession,
+            limits::SESSION_SECS,
+            limits::DEFAULT_SESSION_SECS,
+        )?,
     })
 }
 
 /// Seconds in `range`, 0 meaning "never".
-fn secs(name: &str, v: u32, range: RangeInclusive<u32>) -> Result<Option<Duration>> {
-    let v = ranged(name, v, range)?;
+fn secs(
+    args: &Args,
+    opt: Opt,
+    range: RangeInclusive<u32>,
+    default: u32,
+) -> Result<Option<Duration>> {
+    let v = number(args, opt, range, default)?;
     Ok((v > 0).then(|| Duration::from_secs(v.into())))
 }
 
 /// The `--listen` (or `--udp`) addresses, each once, with the v6-only
 /// pairing applied.
-fn listen_specs(name: &str, texts: &[String]) -> Result<Specs> {
+fn listen_specs(name: &str, texts: &[&str]) -> Result<Specs> {
     let mut listen = Specs::new();
     for text in texts {
         let addr = parse_addr(name, text)?;
@@ -374,29 +483,19 @@ fn listen_specs(name: &str, texts: &[String]) -> Result<Specs> {
 
 /// The admission policy: rules in command-line order, rates, per-address
 /// limits.
-fn policy(args: &Args) -> Result<Policy> {
+fn policy(args: &Args, max_per_ip: u32) -> Result<Policy> {
     let mut policy = Policy {
-        max_per_ip: args.max_per_ip,
-        ipv6_prefix: ranged(
-            "--ipv6-prefix",
-            args.ipv6_prefix.into(),
+        max_per_ip,
+        ipv6_prefix: number(
+            args,
+            Opt::Ipv6Prefix,
             limits::IPV6_PREFIX,
+            limits::DEFAULT_IPV6_PREFIX.into(),
         )? as u8,
         ..Default::default()
     };
-    // Each list is in command-line order already: merge them by place.
-    let (mut allow, mut deny) = (args.allow.iter().peekable(), args.deny.iter().peekable());
-    loop {
-        let allow_first = match (allow.peek(), deny.peek()) {
-            (Some(a), Some(d)) => a.0 < d.0,
-            (a, d) if a.is_some() || d.is_some() => a.is_some(),
-            _ => break,
-        };
-        let (name, text) = match allow_first {
-            true => ("--allow", allow.next()),
-            false => ("--deny", deny.next()),
-        };
-        let text = text.map_or("", |r| r.1.as_str());
+    for &(allow, text) in &args.rules {
+        let name = if allow { "--allow" } else { "--deny" };
         let cidr = Cidr::parse(text).ok_or_else(|| {
             usage(&format!(
                 "{name} {text}: expected ADDR or ADDR/LEN with no host bits set"
@@ -404,21 +503,19 @@ fn policy(args: &Args) -> Result<Policy> {
         })?;
         policy
             .rules
-            .push(Rule {
-                allow: allow_first,
-                cidr,
-            })
+            .push(Rule { allow, cidr })
             .map_err(|_| usage(&format!("--allow/--deny: at most {MAX_RULES} rules")))?;
     }
-    for (name, text, slot) in [
-        ("--rate", &args.rate, &mut policy.rate),
-        ("--global-rate", &args.global_rate, &mut policy.global_rate),
+    for (opt, slot) in [
+        (Opt::Rate, &mut policy.rate),
+        (Opt::GlobalRate, &mut policy.global_rate),
     ] {
-        if let Some(text) = text {
+        if let Some(text) = args.get(opt) {
             let (n, secs) = (limits::RATE_N, limits::RATE_SECS);
             *slot = Some(Rate::parse(text).ok_or_else(|| {
                 usage(&format!(
-                    "{name} {text}: expected N/SECS with N in {}, SECS in {}",
+                    "{} {text}: expected N/SECS with N in {}, SECS in {}",
+                    opt.name(),
                     Range(&n),
                     Range(&secs)
                 ))
@@ -470,18 +567,18 @@ fn refuse_ports(text: Option<&str>) -> Result<crate::udp::Ports> {
 
 /// `--inetd` serves one connection: the options that need a listening
 /// server, or memory across connections, make no sense with it.
-fn check_inetd(args: &Args) -> Result<()> {
+fn check_inetd(args: &Args, max_per_ip: u32) -> Result<()> {
     if !args.inetd {
         return Ok(());
     }
     let stateful = [
         ("--listen", !args.listen.is_empty()),
         ("--udp", !args.udp.is_empty()),
-        ("--max-per-ip", args.max_per_ip > 0),
-        ("--rate", args.rate.is_some()),
-        ("--global-rate", args.global_rate.is_some()),
-        ("--ready-fd", args.ready_fd.is_some()),
-        ("--metrics-file", args.metrics_file.is_some()),
+        ("--max-per-ip", max_per_ip > 0),
+        ("--rate", args.get(Opt::Rate).is_some()),
+        ("--global-rate", args.get(Opt::GlobalRate).is_some()),
+        ("--ready-fd", args.get(Opt::ReadyFd).is_some()),
+        ("--metrics-file", args.get(Opt::MetricsFile).is_some()),
     ];
     match stateful.iter().find(|o| o.1) {
         Some((name, _)) => Err(usage(&format!(
@@ -491,25 +588,16 @@ fn check_inetd(args: &Args) -> Result<()> {
     }
 }
 
-fn ready_fd(fd: Option<i32>) -> Result<Option<i32>> {
-    match fd {
-        Some(fd) if !limits::READY_FD.contains(&fd) || fd == 2 => Err(usage(&format!(
-            "--ready-fd {fd}: must be an open descriptor other than 0 and 2"
+fn ready_fd(text: Option<&str>) -> Result<Option<i32>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match text.parse() {
+        Ok(fd) if limits::READY_FD.contains(&fd) && fd != 2 => Ok(Some(fd)),
+        _ => Err(usage(&format!(
+            "--ready-fd {text}: must be an open descriptor other than 0 and 2"
         ))),
-        fd => Ok(fd),
     }
-}
-
-/// An `--allow`/`--deny` value with its place on the command line: argh
-/// parses options in order, calling this for each, so a counter recovers the
-/// order between the two lists that argh keeps apart. (Parses running on
-/// other threads, as in the unit tests, only make the gaps larger.)
-#[derive(Debug)]
-struct InOrder(u32, String);
-
-fn in_order(text: &str) -> core::result::Result<InOrder, String> {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    Ok(InOrder(SEQ.fetch_add(1, Ordering::Relaxed), text.into()))
 }
 
 fn usage(msg: &str) -> Error {
@@ -525,11 +613,20 @@ impl Display for Range<'_> {
     }
 }
 
-fn ranged(name: &str, v: u32, range: RangeInclusive<u32>) -> Result<u32> {
-    if range.contains(&v) {
-        Ok(v)
-    } else {
-        Err(usage(&format!("{name} {v}: must be in {}", Range(&range))))
+/// The number given for `opt`, which must be in `range`; `default` when the
+/// option is absent. Text that is no number gets the same message as one
+/// out of range.
+fn number(args: &Args, opt: Opt, range: RangeInclusive<u32>, default: u32) -> Result<u32> {
+    let Some(text) = args.get(opt) else {
+        return Ok(default);
+    };
+    match text.parse() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(usage(&format!(
+            "{} {text}: must be in {}",
+            opt.name(),
+            Range(&range)
+        ))),
     }
 }
 

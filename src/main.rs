@@ -19,8 +19,8 @@
 //!
 //! # Layout
 //! Start-up:
-//! - [`cli`]: command line (argh) into a `Config`, one small step per
-//!   concern; a leaf that builds the domain's types from text.
+//! - [`cli`]: command line (a small hand-written scan) into a `Config`, one
+//!   small step per concern; a leaf that builds the domain's types from text.
 //! - [`limits`]: every capacity, range and default, quoted by `cli`'s
 //!   messages and sizing every fixed table.
 //! - [`listener`]: what to listen on (`ListenSpec`, the v6-only pairing),
