@@ -22,8 +22,10 @@ pub enum Error {
     Sys {
         /// What was being done, e.g. "cannot bind".
         op: &'static str,
-        /// The address it was done for, when there is one.
-        addr: Option<SocketAddr>,
+        /// The address it was done for, when there is one. Boxed: every
+        /// `Result` of start-up carries an `Error`, and a `SocketAddr` in
+        /// line would triple its size and every copy on the way up.
+        addr: Option<Box<SocketAddr>>,
         errno: Errno,
     },
 }
@@ -40,7 +42,7 @@ impl Error {
     pub fn at(op: &'static str, addr: SocketAddr, errno: Errno) -> Self {
         Error::Sys {
             op,
-            addr: Some(addr),
+            addr: Some(Box::new(addr)),
             errno,
         }
     }
