@@ -88,6 +88,9 @@ mod alloc_count;
 #[cfg(feature = "alloc-count")]
 #[global_allocator]
 static ALLOC: sys::CountingAlloc = sys::CountingAlloc;
+#[cfg(not(feature = "alloc-count"))]
+#[global_allocator]
+static ALLOC: sys::Arena = sys::Arena;
 
 use crate::error::{Error, Result};
 use crate::log::Level;

@@ -224,24 +224,24 @@ pub fn seccomp_filter(prog: &'static [libc::sock_filter]) -> Result<(), Errno> {
 #[cfg(feature = "alloc-count")]
 pub struct CountingAlloc;
 
-// SAFETY: every call is forwarded to the system allocator unchanged; the
+// SAFETY: every call is forwarded to the release allocator unchanged; the
 // count is a relaxed atomic add.
 #[cfg(feature = "alloc-count")]
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         crate::alloc_count::bump();
-        std::alloc::System.alloc(layout)
+        Arena.alloc(layout)
     }
     unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
         crate::alloc_count::bump();
-        std::alloc::System.alloc_zeroed(layout)
+        Arena.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
         crate::alloc_count::bump();
-        std::alloc::System.realloc(ptr, layout, size)
+        Arena.realloc(ptr, layout, size)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        std::alloc::System.dealloc(ptr, layout)
+        Arena.dealloc(ptr, layout)
     }
 }
 
@@ -419,4 +419,157 @@ fn read_pktinfo(msg: &libc::msghdr, d: &mut Datagram) {
 #[no_mangle]
 pub extern "C" fn fprintf() -> libc::c_int {
     0
+}
+
+/// The heap of the release binary, in place of the C library's `malloc`
+/// (zig's, 4 KB of code on armv7 for a thread-caching allocator a
+/// single-threaded server does not need). forkecho allocates at start-up
+/// only (the `alloc-count` tests hold it to that), so small blocks are cut
+/// from a static arena by moving a mark and are given back only when they
+/// are the last one cut; a block of [`Arena::BIG`] bytes or more (the echo
+/// buffer, a file read whole) is a mapping of its own, unmapped when freed,
+/// so its pages stay untouched until used.
+pub struct Arena;
+
+/// The arena's bytes; untouched pages cost no memory.
+#[repr(C, align(16))]
+struct Space(core::cell::UnsafeCell<[u8; Arena::SIZE]>);
+
+// SAFETY: the bytes are handed out in disjoint blocks, each reserved by a
+// compare-exchange on `TOP` before anyone touches it.
+unsafe impl Sync for Space {}
+
+static SPACE: Space = Space(core::cell::UnsafeCell::new([0; Arena::SIZE]));
+/// The arena's first free offset.
+static TOP: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+impl Arena {
+    const SIZE: usize = 16 * 1024;
+    const BIG: usize = 4096;
+
+    fn base() -> usize {
+        SPACE.0.get() as usize
+    }
+
+    /// The arena offset of `ptr`, if the arena holds it.
+    fn offset(ptr: *mut u8) -> Option<usize> {
+        (ptr as usize)
+            .checked_sub(Self::base())
+            .filter(|&o| o < Self::SIZE)
+    }
+
+    /// A block cut from the arena, or null when it does not fit.
+    fn cut(layout: std::alloc::Layout) -> *mut u8 {
+        use core::sync::atomic::Ordering::Relaxed;
+        let mut top = TOP.load(Relaxed);
+        loop {
+            let start = (Self::base() + top).next_multiple_of(layout.align()) - Self::base();
+            let end = start + layout.size();
+            if layout.size() >= Self::BIG || end > Self::SIZE {
+                return core::ptr::null_mut();
+            }
+            match TOP.compare_exchange_weak(top, end, Relaxed, Relaxed) {
+                Ok(_) => return (Self::base() + start) as *mut u8,
+                Err(now) => top = now,
+            }
+        }
+    }
+
+    /// A mapping of its own: page-aligned, zero-filled, untouched.
+    fn map(size: usize) -> *mut u8 {
+        use libc::{MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+        // SAFETY: a new anonymous mapping; no existing memory is touched.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                size,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == MAP_FAILED {
+            core::ptr::null_mut()
+        } else {
+            p.cast()
+        }
+    }
+}
+
+// SAFETY: blocks come either from the arena, reserved by compare-exchange
+// on `TOP` so no two overlap, or from mmap; a block is given back through
+// the path it came from, told apart by its address. Alignment: arena blocks
+// are aligned by `cut`, mappings are page-aligned, and larger alignments
+// (never asked for here) are refused with null.
+unsafe impl std::alloc::GlobalAlloc for Arena {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = Self::cut(layout);
+        match p.is_null() && layout.align() <= Self::BIG {
+            true => Self::map(layout.size()),
+            false => p,
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = Self::cut(layout);
+        if p.is_null() {
+            // Fresh mappings are zero-filled: not writing them keeps a
+            // large buffer's pages untouched until used.
+            return self.alloc(layout);
+        }
+        // SAFETY: `cut` reserved `layout.size()` bytes at `p` for us; the
+        // arena may have used them before.
+        unsafe { p.write_bytes(0, layout.size()) };
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        use core::sync::atomic::Ordering::Relaxed;
+        match Self::offset(ptr) {
+            // The last block cut goes back; others stay cut (start-up only).
+            Some(start) => _ = TOP.compare_exchange(start + layout.size(), start, Relaxed, Relaxed),
+            // SAFETY: a mapping of this size made by `map` or `realloc`.
+            None => _ = unsafe { libc::munmap(ptr.cast(), layout.size()) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        use core::sync::atomic::Ordering::Relaxed;
+        let Some(start) = Self::offset(ptr) else {
+            // SAFETY: a mapping of `layout.size()` bytes made by `map` or an
+            // earlier `realloc`; the kernel moves it if it must.
+            let p = unsafe { libc::mremap(ptr.cast(), layout.size(), size, libc::MREMAP_MAYMOVE) };
+            return if p == libc::MAP_FAILED {
+                core::ptr::null_mut()
+            } else {
+                p.cast()
+            };
+        };
+        // The last block cut grows or shrinks in place while it stays small.
+        let end = start + layout.size();
+        if size < Self::BIG
+            && start + size <= Self::SIZE
+            && TOP
+                .compare_exchange(end, start + size, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return ptr;
+        }
+        if size <= layout.size() {
+            return ptr;
+        }
+        // SAFETY: `layout` with the new size is valid (the caller's promise).
+        let new = unsafe { std::alloc::Layout::from_size_align_unchecked(size, layout.align()) };
+        // SAFETY: the new block is fresh, so the two do not overlap; the old
+        // one holds `layout.size()` bytes, fewer than `size`.
+        unsafe {
+            let p = self.alloc(new);
+            if !p.is_null() {
+                p.copy_from_nonoverlapping(ptr, layout.size());
+                self.dealloc(ptr, layout);
+            }
+            p
+        }
+    }
 }
