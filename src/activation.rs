@@ -40,11 +40,11 @@ impl Passed {
 /// socket; it is made non-blocking and close-on-exec like the sockets we
 /// bind ourselves.
 pub fn listen_fds() -> Result<Option<Passed>> {
-    let pid = std::env::var("LISTEN_PID").ok();
-    let fds = std::env::var("LISTEN_FDS").ok();
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
-    }
+    // Not UTF-8 counts as absent, as with std::env::var(..).ok().
+    let text = |v: Vec<u8>| String::from_utf8(v).ok();
+    let pid = crate::sys::take_env(c"LISTEN_PID").and_then(text);
+    let fds = crate::sys::take_env(c"LISTEN_FDS").and_then(text);
+    crate::sys::take_env(c"LISTEN_FDNAMES");
     let (Some(pid), Some(fds)) = (pid, fds) else {
         return Ok(None);
     };
@@ -252,9 +252,8 @@ impl Notify {
     /// abstract socket) and connects to it. Problems are logged, not fatal:
     /// the service manager will notice a missing READY=1 on its own.
     pub fn from_env() -> Option<Notify> {
-        let path = std::env::var_os("NOTIFY_SOCKET")?;
-        std::env::remove_var("NOTIFY_SOCKET");
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let path = crate::sys::take_env(c"NOTIFY_SOCKET")?;
+        let bytes = path.as_slice();
         let addr = match bytes.strip_prefix(b"@") {
             Some(name) => UnixAddr::new_abstract(name),
             None => UnixAddr::new(bytes),
