@@ -409,17 +409,29 @@ fn read_pktinfo(msg: &libc::msghdr, d: &mut Datagram) {
     }
 }
 
-/// Stands in for the C library's `fprintf` on 32-bit ARM, so that musl's
-/// printf engine (9 KB on armv7) is not linked. Its one caller is
-/// libunwind's fatal-error path, which ARM's unwind tables keep alive
-/// through the personality routine; nothing here ever unwinds (release
-/// builds abort on panic at once), so that path only runs on a corrupt
-/// unwind table, and then aborts anyway, without its message.
+/// Stand in for the C library's `fprintf`, `fflush` and `stderr` on 32-bit
+/// ARM, so that musl's printf engine and stdio (10 KB on armv7) are not
+/// linked. Their one user is libunwind's fatal-error path, which ARM's
+/// unwind tables keep alive through the personality routine; nothing here
+/// ever unwinds (release builds abort on panic at once), so that path only
+/// runs on a corrupt unwind table, and then aborts anyway, without its
+/// message.
 #[cfg(all(target_arch = "arm", not(test)))]
 #[no_mangle]
 pub extern "C" fn fprintf() -> libc::c_int {
     0
 }
+
+#[cfg(all(target_arch = "arm", not(test)))]
+#[no_mangle]
+pub extern "C" fn fflush() -> libc::c_int {
+    0
+}
+
+#[cfg(all(target_arch = "arm", not(test)))]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static stderr: usize = 0;
 
 /// The heap of the release binary, in place of the C library's `malloc`
 /// (zig's, 4 KB of code on armv7 for a thread-caching allocator a
