@@ -113,14 +113,12 @@ impl Target {
                 .map_err(|e| Error::Start(format!("--chroot {dir}: {}", Reason(e))))?;
         }
         if let Some(gid) = self.gid {
-            nix::unistd::setgroups(&[gid])
-                .and_then(|()| nix::unistd::setgid(gid))
-                .map_err(|e| {
-                    Error::Start(format!("cannot switch to group {gid}: {}", Reason(e)))
-                })?;
+            crate::sys::ids::set_group(gid.as_raw()).map_err(|e| {
+                Error::Start(format!("cannot switch to group {gid}: {}", Reason(e)))
+            })?;
         }
         if let Some(uid) = self.uid {
-            nix::unistd::setuid(uid)
+            crate::sys::ids::set_user(uid.as_raw())
                 .map_err(|e| Error::Start(format!("cannot switch to user {uid}: {}", Reason(e))))?;
         }
         self.verify()
@@ -135,7 +133,7 @@ impl Target {
                     "user ids are not all {uid} after setuid"
                 )));
             }
-            if !uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+            if !uid.is_root() && crate::sys::ids::set_user(0).is_ok() {
                 return Err(Error::Start("setuid(0) still works after the drop".into()));
             }
         }

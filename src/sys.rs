@@ -617,3 +617,34 @@ pub fn take_env(name: &core::ffi::CStr) -> Option<Vec<u8>> {
     unsafe { libc::unsetenv(name.as_ptr()) };
     value
 }
+
+/// `setgroups(2)` to the one group `gid`, then `setgid(2)` and `setuid(2)`,
+/// as raw system calls, which change the calling thread only. That is the
+/// whole process here: forkecho has one thread when it drops privileges.
+/// musl's wrappers carry the change to every thread through a signal
+/// rendezvous (`__synccall`, with its semaphores): 2 KB on armv7 for threads
+/// forkecho never starts. `privs` checks the result with getresuid and
+/// getresgid either way.
+pub mod ids {
+    use super::*;
+
+    // 32-bit ARM and x86 keep the 16-bit id calls under the plain names.
+    #[cfg(not(any(target_arch = "arm", target_arch = "x86")))]
+    use libc::{SYS_setgid as SETGID, SYS_setgroups as SETGROUPS, SYS_setuid as SETUID};
+    #[cfg(any(target_arch = "arm", target_arch = "x86"))]
+    use libc::{SYS_setgid32 as SETGID, SYS_setgroups32 as SETGROUPS, SYS_setuid32 as SETUID};
+
+    pub fn set_group(gid: u32) -> Result<(), Errno> {
+        // SAFETY: setgroups reads one gid_t from the pointer, a live local;
+        // setgid takes a number and touches no memory.
+        unsafe {
+            Errno::result(libc::syscall(SETGROUPS, 1, &gid as *const u32))?;
+            Errno::result(libc::syscall(SETGID, gid)).map(drop)
+        }
+    }
+
+    pub fn set_user(uid: u32) -> Result<(), Errno> {
+        // SAFETY: takes a number and touches no memory.
+        Errno::result(unsafe { libc::syscall(SETUID, uid) }).map(drop)
+    }
+}
