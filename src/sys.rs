@@ -65,12 +65,26 @@ pub fn write_raw(fd: RawFd, bytes: &[u8]) -> Result<usize, Errno> {
     Errno::result(n).map(|n| n as usize)
 }
 
+// The raw fstat64 in `file_id` writes the kernel's 104-byte struct stat64.
+#[cfg(target_arch = "arm")]
+const _: () = assert!(core::mem::size_of::<libc::stat>() >= 104);
+
 /// `fstat(2)` by number: (device, inode, mode) of the open file, for
 /// descriptors that are always open (`main` fills closed 0-2 with /dev/null)
 /// but owned by no Rust object.
 pub fn file_id(fd: RawFd) -> Option<(u64, u64, u32)> {
     // SAFETY: all-zero bytes are a valid `struct stat`; fstat writes one.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // On 32-bit ARM the raw fstat64 call: musl's fstat goes through
+    // fstatat's statx path and time64 conversion (1 KB on armv7) for the
+    // three fields read here, which sit where the kernel's struct stat64
+    // puts them (st_dev at 0, st_mode at 16, st_ino at 96) in every layout
+    // of musl's struct stat, one that is at least as large.
+    #[cfg(target_arch = "arm")]
+    // SAFETY: the pointer refers to a live local at least as large as the
+    // kernel's struct stat64, which is all the call writes.
+    let ok = unsafe { libc::syscall(libc::SYS_fstat64, fd, &mut st as *mut libc::stat) } == 0;
+    #[cfg(not(target_arch = "arm"))]
     // SAFETY: the pointer refers to a live local of the right type.
     let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
     ok.then_some((st.st_dev as u64, st.st_ino as u64, st.st_mode as u32))
