@@ -11,16 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/toolchain.sh
-case "$(uname -m)" in
-    x86_64) target=x86_64-unknown-linux-musl ;;
-    aarch64) target=aarch64-unknown-linux-musl ;;
-    armv7l | armv8l) target=armv7-unknown-linux-musleabihf ;;
-    armv6l) target=arm-unknown-linux-musleabihf ;;
-    *)
-        echo "scripts/run.sh: no shipped build for $(uname -m); use cargo run --release" >&2
-        exit 1
-        ;;
-esac
+target=$(shipped_target) || {
+    echo "scripts/run.sh: use cargo run --release on this machine" >&2
+    exit 1
+}
 bin="target/$target/release/forkecho"
 (
     ensure_cross "$target"
