@@ -116,14 +116,34 @@ pub fn accept4(fd: BorrowedFd<'_>) -> Result<(OwnedFd, Option<SockaddrStorage>),
     Ok((conn, peer))
 }
 
-/// `fork(2)`.
+/// `fork(2)`, through `_Fork` (POSIX 2024; musl 1.2.2+, glibc 2.34+) rather
+/// than the C library's `fork`.
 ///
-/// Sound here because the server is single-threaded: the child starts with a
-/// consistent heap and no lock held by another thread, and it only uses
-/// memory prepared before fork and its stack anyway.
+/// `fork` brackets the call with work this process does not need: it blocks
+/// and restores the application signals (two more `rt_sigprocmask` in the
+/// parent and one in the child per connection), runs `pthread_atfork`
+/// handlers, and takes the C library's internal locks when threads exist.
+/// `_Fork` still blocks every signal across the call and resets the
+/// library's thread state (the cached thread id, the thread list) in the
+/// child, so `raise`/`abort` there address the child itself.
+///
+/// Sound here because the server is single-threaded and registers no
+/// `pthread_atfork` handler (nor does anything it links): no lock can be
+/// held by another thread, and there is no handler to skip. The child starts
+/// with a consistent heap and only uses memory prepared before fork and its
+/// stack anyway (it never allocates: `tests/alloc.rs`).
 pub fn fork() -> Result<ForkResult, Errno> {
+    extern "C" {
+        fn _Fork() -> libc::pid_t;
+    }
     // SAFETY: see above; callers are the single-threaded parent only.
-    unsafe { nix::unistd::fork() }
+    let pid = Errno::result(unsafe { _Fork() })?;
+    Ok(match pid {
+        0 => ForkResult::Child,
+        pid => ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(pid),
+        },
+    })
 }
 
 /// `_exit(2)`: leaves without running atexit handlers or flushing stdio
