@@ -7,7 +7,7 @@
 //!    `--evict-after` that can make room, and not paused. Otherwise new
 //!    clients wait in the kernel backlog instead of being accepted and
 //!    dropped;
-//! 2. drain the pipe if a signal came, then reap *every* exited child;
+//! 2. if a signal came, drain the pipe, then reap *every* exited child;
 //! 3. accept from the ready listeners: admit or refuse, fork one child per
 //!    admitted connection.
 //!
@@ -156,12 +156,18 @@ impl Supervisor {
         self.export();
         let stop = loop {
             let (ready, signalled) = self.wait();
+            // Only SIGCHLD means an exited child, and its handler always
+            // wakes the loop through the pipe (it is blocked outside
+            // `ppoll`, so one that comes between waits is delivered at the
+            // next): a turn without a signal has nothing to reap, and the
+            // `wait4` saying so was a wasted call per connection.
             let pending = if signalled {
-                self.pipe.drain()
+                let pending = self.pipe.drain();
+                self.children.reap(&mut self.stats);
+                pending
             } else {
                 Pending::default()
             };
-            self.children.reap(&mut self.stats);
             // The file first: once the status line is out, it is in place.
             if pending.status || self.metrics.due(Instant::now()) {
                 self.export();
