@@ -189,7 +189,6 @@ fn start() -> Result<()> {
         buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
         mode: cfg.echo_mode,
         limits: cfg.limits,
-        slot: 0,
     };
     let settings = supervisor::Settings {
         max_children: cfg.max_children,

@@ -150,17 +150,22 @@ pub struct Setup {
     pub buf: Box<[u8]>,
     pub mode: Mode,
     pub limits: Limits,
-    /// The child's slot in the shared activity table (set before each fork).
-    pub slot: usize,
 }
 
 impl Setup {
-    /// Serves one connection; `mask` is the signal mask to wait with.
-    pub fn serve(&mut self, conn: BorrowedFd<'_>, peer: Option<SocketAddr>, mask: SigSet) -> End {
+    /// Serves one connection; `mask` is the signal mask to wait with, `slot`
+    /// the child's in the shared activity table.
+    pub fn serve(
+        &mut self,
+        conn: BorrowedFd<'_>,
+        peer: Option<SocketAddr>,
+        mask: SigSet,
+        slot: usize,
+    ) -> End {
         let mut s = Session {
             conn,
             buf: &mut self.buf,
-            clock: Clock::new(self.limits, Some(self.slot)),
+            clock: Clock::new(self.limits, Some(slot)),
             mask,
             unchecked: 0,
         };

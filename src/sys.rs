@@ -204,6 +204,82 @@ pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
     Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU32>(), words) })
 }
 
+/// A `T` of the parent's in its own `MAP_SHARED | MAP_ANONYMOUS` mapping
+/// (on the heap where the mapping cannot be made).
+///
+/// Why: after a fork every page of the parent is shared copy-on-write with
+/// the child, so each page the parent writes afterwards costs the parent a
+/// fault and leaves the old copy private to *every* live child. State the
+/// parent writes on every connection (the child table, the counters, the
+/// rate windows) lives here instead: a shared mapping is never copied, so
+/// those writes cost no fault and no child's memory.
+///
+/// The contract that makes this sound: only the process that made it ever
+/// touches the value. Children forked later map the same memory, but never
+/// read or write it (the child's side of the fork names only the
+/// supervisor's other fields) and never drop it (they leave with `_exit`).
+pub struct SharedBox<T> {
+    ptr: core::ptr::NonNull<T>,
+    mapped: bool,
+}
+
+impl<T> SharedBox<T> {
+    pub fn new(value: T) -> SharedBox<T> {
+        let len = core::mem::size_of::<T>().max(1);
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks
+        // aliases nothing of ours.
+        let p = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
+        if p == libc::MAP_FAILED || core::mem::align_of::<T>() > 4096 {
+            return SharedBox {
+                ptr: core::ptr::NonNull::from(Box::leak(Box::new(value))),
+                mapped: false,
+            };
+        }
+        let ptr = p.cast::<T>();
+        // SAFETY: page-aligned (so aligned for T, checked above), writable,
+        // `len` bytes, not yet initialised: written once here.
+        unsafe { ptr.write(value) };
+        SharedBox {
+            // SAFETY: mmap never returns null on success.
+            ptr: unsafe { core::ptr::NonNull::new_unchecked(ptr) },
+            mapped: true,
+        }
+    }
+}
+
+impl<T> core::ops::Deref for SharedBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: initialised in `new`, freed only in `drop`; no other
+        // process touches it (see the type's contract).
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SharedBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes the access unique.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T> Drop for SharedBox<T> {
+    fn drop(&mut self) {
+        let ptr = self.ptr.as_ptr();
+        // SAFETY: made by `new` as `mapped` records, dropped exactly once.
+        unsafe {
+            if self.mapped {
+                core::ptr::drop_in_place(ptr);
+                libc::munmap(ptr.cast(), core::mem::size_of::<T>().max(1));
+            } else {
+                drop(Box::from_raw(ptr));
+            }
+        }
+    }
+}
+
 /// `sigpending(2)`: is any of `set` pending? The child keeps its stop
 /// signals blocked outside `ppoll` and asks this between chunks of a stream
 /// that never waits.
