@@ -145,9 +145,10 @@ impl core::str::FromStr for Mode {
 
 /// What every child serves with, prepared before the first fork.
 pub struct Setup {
-    /// The echo buffer, allocated once and inherited by every child (only
-    /// copying touches it).
-    pub buf: Box<[u8]>,
+    /// The echo buffer, mapped once and inherited by every child (only
+    /// copying touches it; `sys::zeroed_pages`: no page of it is populated
+    /// in the parent).
+    pub buf: &'static mut [u8],
     pub mode: Mode,
     pub limits: Limits,
 }
@@ -164,7 +165,7 @@ impl Setup {
     ) -> End {
         let mut s = Session {
             conn,
-            buf: &mut self.buf,
+            buf: self.buf,
             clock: Clock::new(self.limits, Some(slot)),
             mask,
             unchecked: 0,

@@ -204,6 +204,28 @@ pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
     Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU32>(), words) })
 }
 
+/// `len` zero bytes that no page backs until written: a private anonymous
+/// mapping, never unmapped (the heap where it cannot be made).
+///
+/// For the echo buffer: `vec![0; n]` goes through `calloc`, which for 64 KiB
+/// clears (so populates) every page in the parent, and `fork` then copies
+/// 16 more page-table entries per connection for a buffer the parent never
+/// uses and a short session never touches. Here a child that does copy
+/// gets zero pages on first write, as it got copies before.
+pub fn zeroed_pages(len: usize) -> &'static mut [u8] {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks
+    // aliases nothing of ours.
+    let p = unsafe { libc::mmap(core::ptr::null_mut(), len.max(1), prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return vec![0u8; len].leak();
+    }
+    // SAFETY: `len` writable bytes, zero-filled by the kernel (so
+    // initialised u8s), never unmapped, and this is their only reference.
+    unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) }
+}
+
 /// A `T` of the parent's in its own `MAP_SHARED | MAP_ANONYMOUS` mapping
 /// (on the heap where the mapping cannot be made).
 ///
