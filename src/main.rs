@@ -186,10 +186,9 @@ fn start() -> Result<()> {
     let readiness = activation::Readiness::new(activation::Notify::from_env(), ready_fd);
     let gate = admission::Gate::new(cfg.policy.clone(), &cfg.reject_message, Instant::now());
     let setup = session::Setup {
-        buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
+        buf: sys::zeroed_pages(cfg.buffer_size),
         mode: cfg.echo_mode,
         limits: cfg.limits,
-        slot: 0,
     };
     let settings = supervisor::Settings {
         max_children: cfg.max_children,

@@ -247,11 +247,18 @@ impl Udp {
     }
 
     pub fn set_ready(&mut self, mask: u32) {
-        self.ready = mask;
+        // Written only when it changes: a store on every turn of the loop
+        // would copy this page after every fork (see `sys::SharedBox`).
+        if self.ready != mask {
+            self.ready = mask;
+        }
     }
 
     /// Answers up to `UDP_BATCH` datagrams on each socket `poll` reported.
     pub fn serve(&mut self, gate: &mut Gate, stats: &mut UdpStats) {
+        if self.ready == 0 {
+            return; // and no store (see `set_ready`)
+        }
         for i in 0..self.socks.len() {
             if self.ready & (1 << i) != 0 {
                 for _ in 0..UDP_BATCH {
