@@ -96,7 +96,11 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     match start() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(sup)) => {
+            sup.run();
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
             // Usage errors: 2 (as most Unix tools); everything else: 1.
             let code = if matches!(e, Error::Usage(_)) { 2 } else { 1 };
@@ -107,7 +111,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn start() -> Result<()> {
+/// Everything up to serving; returns the loop, or `None` when there is
+/// nothing to serve (`--help`, `--version`).
+///
+/// Never inlined, and the loop runs from `main`, not from here: this frame
+/// holds every start-up value (the gate, the child table, the listeners,
+/// 40 KiB and more before they move into place), and were the loop called
+/// from it, those stack pages would stay populated under the loop, and every
+/// `fork` would copy their page-table entries.
+#[inline(never)]
+fn start() -> Result<Option<supervisor::Supervisor>> {
     // A plain loop: collecting through `Result` built a 680-byte adapter.
     let mut args = Vec::new();
     // The argument is named by its place: printing it lossily would cost
@@ -120,7 +133,7 @@ fn start() -> Result<()> {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cfg = match cli::parse(&args)? {
-        cli::Command::Print(text) => return print(&text),
+        cli::Command::Print(text) => return print(&text).map(|()| None),
         cli::Command::Run(cfg) => cfg,
     };
     log::set_level(cfg.level);
@@ -217,8 +230,7 @@ fn start() -> Result<()> {
     // start-up check, so a failed start is still one line.
     sup.sandbox(sandbox::Sandbox::prepare(cfg.sandbox)?);
     sup.announce();
-    sup.run();
-    Ok(())
+    Ok(Some(sup))
 }
 
 /// `--help`/`--version` output on stdout. A full disk or a closed pipe is an

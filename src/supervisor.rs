@@ -169,6 +169,7 @@ impl Supervisor {
         // After the privilege drop: the file belongs to the user that keeps
         // replacing it.
         self.export();
+        crate::sys::release_stack_below_caller();
         let stop = loop {
             let (ready, signalled) = self.wait();
             // Only SIGCHLD means an exited child, and its handler always
