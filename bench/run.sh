@@ -37,6 +37,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/toolchain.sh
+. bench/lib.sh
 
 ROUNDS="${1:-5}"
 SECS="${2:-3}"
@@ -59,14 +60,9 @@ want tcpserver && ! command -v tcpserver >/dev/null && missing+=(ucspi-tcp)
 command -v strace >/dev/null || missing+=(strace)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
-# The server as shipped: a static musl build with the release size options,
-# for this machine's architecture (timings under QEMU mean nothing).
-host_target="$(uname -m)-unknown-linux-musl"
-(
-    ensure_cross "$host_target"
-    zb zigbuild --release --quiet --target "$host_target"
-    check_binary "$host_target" "target/$host_target/release/forkecho"
-) >&2
+# The server as shipped (timings under QEMU mean nothing, so this machine's
+# architecture).
+FE=$(shipped_binary)
 # What the README's run command builds, and the load generator (wherever
 # the Cargo configuration puts them, e.g. with build.target set).
 built() { # cargo build arguments: prints the path of the executable built
@@ -81,7 +77,6 @@ CARGO_FE=$(built --bin forkecho)
 B=$(built --example bench)
 mkdir -p target/bench
 musl-gcc -static -Os -o target/bench/textbook bench/textbook.c
-FE="target/$host_target/release/forkecho"
 BIN[textbook]=target/bench/textbook
 BIN[reference]=$B
 BIN[forkecho]=$FE
@@ -91,41 +86,9 @@ BIN[forkecho-copy]=$FE
 BIN[socat]=$(command -v socat || true)
 BIN[tcpserver]=$(command -v tcpserver || true)
 
-out=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+bench_scratch
+bench_cleanup_hook() {
     if [ -n "${BENCH_RAW:-}" ]; then mkdir -p "$BENCH_RAW" && cp -r "$out"/. "$BENCH_RAW"/; fi
-    rm -rf "$out"
-}
-trap cleanup EXIT
-
-freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() {
-    python3 - "$1" <<'EOF'
-import socket, sys, time
-for _ in range(200):
-    try:
-        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close(); sys.exit(0)
-    except OSError:
-        time.sleep(0.05)
-sys.exit("server on port %s did not come up" % sys.argv[1])
-EOF
-}
-
-declare -A PORT PID
-start() { # name, command... (PORT in the command is replaced)
-    local name="$1"
-    shift
-    local port
-    port=$(freeport)
-    local cmd=("${@//PORT/$port}")
-    "${cmd[@]}" >/dev/null 2>"$out/$name.err" &
-    PID[$name]=$!
-    pids+=($!)
-    PORT[$name]=$port
-    wait_port "$port"
 }
 # The command that serves as NAME; PORT stands for the port.
 command_for() {
@@ -244,12 +207,12 @@ done
 # Syscalls per connection, parent and children together, at c=1.
 sysc() { # name
     local name="$1" port
-    port=$(freeport)
+    port=$(freeport tcp)
     read -r -a cmd <<<"$(command_for "$name")"
     strace -c -f -o "$out/strace.$name" "${cmd[@]//PORT/$port}" >/dev/null 2>&1 &
     local spid=$!
     pids+=($spid)
-    wait_port "$port"
+    _ready tcp "$port"
     local sline
     sline=$("$B" connrate "127.0.0.1:$port" 1 2)
     sleep 0.2

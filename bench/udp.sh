@@ -20,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/toolchain.sh
+. bench/lib.sh
+BENCH_PROTO=udp
 
 SECS="${1:-3}"
 
@@ -37,46 +39,13 @@ fi
 if [ -n "${FORKECHO_BIN:-}" ]; then
     FE="$FORKECHO_BIN"
 else
-    host_target="$(uname -m)-unknown-linux-musl"
-    (
-        ensure_cross "$host_target"
-        zb zigbuild --release --quiet --target "$host_target"
-        check_binary "$host_target" "target/$host_target/release/forkecho"
-    ) >&2
-    FE="target/$host_target/release/forkecho"
+    FE=$(shipped_binary)
 fi
 cargo build --release --quiet --example udpbench
 B=target/release/examples/udpbench
 
-out=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$out" "$pkgs"
-}
-trap cleanup EXIT
-
-freeport() { python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-declare -A PORT PID
-start() { # name, command... (PORT in the arguments is replaced)
-    local name="$1"
-    shift
-    local port
-    port=$(freeport)
-    local cmd=("${@//PORT/$port}")
-    "${cmd[@]}" >/dev/null 2>"$out/$name.err" &
-    PID[$name]=$!
-    pids+=($!)
-    PORT[$name]=$port
-    sleep 0.3
-}
-stop() {
-    kill "${PID[$1]}" 2>/dev/null || true
-    wait "${PID[$1]}" 2>/dev/null || true
-}
-
+bench_scratch
+bench_cleanup_hook() { rm -rf "$pkgs"; }
 xinetd_conf() { # port -> config file
     cat >"$out/xinetd.conf" <<EOF
 defaults
@@ -108,7 +77,7 @@ start_all() {
     start socat-listen socat -b 65536 UDP-LISTEN:PORT,bind=127.0.0.1 PIPE
     if [ -n "$XINETD" ]; then
         local port
-        port=$(freeport)
+        port=$(freeport udp)
         "$XINETD" -dontfork -stayalive -pidfile "$out/xinetd.pid" -f "$(xinetd_conf "$port")" \
             >/dev/null 2>"$out/xinetd.err" &
         PID[xinetd]=$!

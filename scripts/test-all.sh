@@ -19,6 +19,18 @@ TARGETS="${FORKECHO_TARGETS-$(all_targets | tr '\n' ' ')}"
 ensure_host
 echo "== host: cargo test (with the allocation counter)"
 cargo test --features alloc-count,sandbox-test
+# The shipped build of this machine (the amd64 package's binary, what
+# scripts/run.sh runs): every integration test against it, natively.
+(
+    host=$(shipped_target)
+    ensure_cross "$host"
+    echo "== host: integration tests against the shipped $host binary"
+    zb zigbuild --release --target "$host"
+    check_binary "$host" "target/$host/release/forkecho"
+    env -u RUSTC -u CARGO -u RUSTC_BOOTSTRAP -u RUSTFLAGS \
+        FORKECHO_BIN="$PWD/target/$host/release/forkecho" FORKECHO_EXPECT_TARGET="$host" \
+        cargo test --tests
+)
 echo "== host: deploy/ units (systemd-analyze verify) and init script"
 scripts/verify-deploy.sh
 

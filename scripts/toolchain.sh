@@ -7,6 +7,7 @@
 #                           for TARGET or Debian's rustc + std source (build-std)
 #   zb ARGS...              cargo-zigbuild with the chosen mode's flags
 #   runner_for TARGET       the QEMU command for TARGET (from .cargo/config.toml)
+#   shipped_target          the static musl target of this machine
 #   all_targets             the Raspberry Pi targets (.cargo/config.toml's
 #                           [target.*] sections, in order: armv7 first)
 #
@@ -66,6 +67,21 @@ all_targets() {
 
 runner_for() {
     config_value "$1" runner
+}
+
+# The shipped target for this machine (what scripts/run.sh and the
+# benchmarks build): the static musl build of its architecture.
+shipped_target() {
+    case "$(uname -m)" in
+        x86_64) echo x86_64-unknown-linux-musl ;;
+        aarch64) echo aarch64-unknown-linux-musl ;;
+        armv7l | armv8l) echo armv7-unknown-linux-musleabihf ;;
+        armv6l) echo arm-unknown-linux-musleabihf ;;
+        *)
+            echo "toolchain: no shipped build for $(uname -m)" >&2
+            return 1
+            ;;
+    esac
 }
 
 # Which std to use for a target: "rustup" when `rustup target add` has

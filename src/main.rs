@@ -109,7 +109,11 @@ fn run(args: &[&[u8]]) -> u8 {
     fill_std_fds();
     let _ = sys::set_disposition(nix::sys::signal::Signal::SIGPIPE, true);
     match start(args) {
-        Ok(()) => 0,
+        Ok(Some(sup)) => {
+            sup.run();
+            0
+        }
+        Ok(None) => 0,
         Err(e) => {
             // Usage errors: 2 (as most Unix tools); everything else: 1.
             let code = if matches!(e, Error::Usage(_)) { 2 } else { 1 };
@@ -120,7 +124,16 @@ fn run(args: &[&[u8]]) -> u8 {
     }
 }
 
-fn start(words: &[&[u8]]) -> Result<()> {
+/// Everything up to serving; returns the loop, or `None` when there is
+/// nothing to serve (`--help`, `--version`).
+///
+/// Never inlined, and the loop runs from `run`, not from here: this frame
+/// holds every start-up value (the gate, the child table, the listeners,
+/// 40 KiB and more before they move into place), and were the loop called
+/// from it, those stack pages would stay populated under the loop, and every
+/// `fork` would copy their page-table entries.
+#[inline(never)]
+fn start(words: &[&[u8]]) -> Result<Option<supervisor::Supervisor>> {
     // The argument is named by its place: printing it lossily would cost
     // 0.5 KB of UTF-8 repair code on armv7 for a line nobody sees twice.
     let mut args = Vec::with_capacity(words.len());
@@ -130,7 +143,7 @@ fn start(words: &[&[u8]]) -> Result<()> {
         args.push(a);
     }
     let cfg = match cli::parse(&args)? {
-        cli::Command::Print(text) => return print(&text),
+        cli::Command::Print(text) => return print(&text).map(|()| None),
         cli::Command::Run(cfg) => cfg,
     };
     log::set_level(cfg.level);
@@ -196,10 +209,9 @@ fn start(words: &[&[u8]]) -> Result<()> {
     let readiness = activation::Readiness::new(activation::Notify::from_env(), ready_fd);
     let gate = admission::Gate::new(cfg.policy.clone(), &cfg.reject_message, Instant::now());
     let setup = session::Setup {
-        buf: vec![0u8; cfg.buffer_size].into_boxed_slice(),
+        buf: sys::zeroed_pages(cfg.buffer_size),
         mode: cfg.echo_mode,
         limits: cfg.limits,
-        slot: 0,
     };
     let settings = supervisor::Settings {
         max_children: cfg.max_children,
@@ -228,8 +240,7 @@ fn start(words: &[&[u8]]) -> Result<()> {
     // start-up check, so a failed start is still one line.
     sup.sandbox(sandbox::Sandbox::prepare(cfg.sandbox)?);
     sup.announce();
-    sup.run();
-    Ok(())
+    Ok(Some(sup))
 }
 
 /// `--help`/`--version` output on stdout. A full disk or a closed pipe is an

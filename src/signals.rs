@@ -9,10 +9,12 @@
 //! only ever runs while the process waits, so nothing else sees `EINTR`, a
 //! flag checked before the wait cannot miss a signal that comes during it,
 //! and `fork` needs no mask juggling: the child starts with the signals
-//! blocked and swaps the parent's handlers for its own before it waits. A
-//! signal aimed at a new child in between stays pending and then acts as it
-//! should; it can never run the parent's handler in the child and write into
-//! the *shared* pipe, waking the parent with a signal it never got.
+//! blocked and, before it first waits, only marks itself a child (one store,
+//! no system call): from then on the inherited handler does the child's part
+//! (a stop signal sets the flag, the others do nothing). A signal aimed at a
+//! new child before that stays pending and then acts as it should; it can
+//! never write into the *shared* pipe, waking the parent with a signal it
+//! never got.
 //!
 //! What each signal does (README, "Signals"):
 //! - TERM, INT, QUIT, PWR: the parent stops accepting and drains; a child
@@ -119,24 +121,19 @@ impl SelfPipe {
         nix::poll::ppoll(fds, timeout.map(TimeSpec::from), Some(self.wait_mask))
     }
 
-    /// In the child, with the signals still blocked: the stop signals get
-    /// the child's handler (which only sets a flag) and stay blocked outside
-    /// the session's waits; the parent's other signals are ignored (a
-    /// SIGUSR1 or SIGHUP sent to the whole process group must not end the
-    /// sessions) or back to default (SIGCHLD: the child has no children).
-    /// Returns the mask the session waits with.
+    /// In the child, with the signals still blocked: marks the process as a
+    /// child, so the inherited handler (`on_signal`) sets the stop flag for a
+    /// stop signal and does nothing for the parent's others (a SIGUSR1 or
+    /// SIGHUP sent to the whole process group must not end the sessions; the
+    /// child has no children to see SIGCHLD). Every handled signal stays
+    /// blocked outside the session's waits, as in the parent. Returns the
+    /// mask the session waits with.
+    ///
+    /// Lazy on purpose: swapping dispositions with `sigaction` and setting a
+    /// mask cost ten system calls per connection (a third of the total for a
+    /// short session); this is one store to a static.
     pub fn reset_in_child(&self) -> SigSet {
         PIPE_WRITE.store(-1, Ordering::Relaxed);
-        child_handlers();
-        let _ = crate::sys::set_disposition(Signal::SIGCHLD, false);
-        for sig in OTHERS.into_iter().skip(1) {
-            let _ = crate::sys::set_disposition(sig, true);
-        }
-        let mut blocked = self.wait_mask;
-        for sig in STOP {
-            blocked.add(sig);
-        }
-        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&blocked), None);
         self.wait_mask
     }
 
@@ -252,9 +249,18 @@ pub fn request_stop() {
 }
 
 extern "C" fn on_signal(sig: i32) {
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    if fd < 0 {
+        // A forked child (see `reset_in_child`): a stop ends the session,
+        // the parent's other signals are ignored. No system call, so errno
+        // is untouched.
+        if STOP.iter().any(|&s| s as i32 == sig) {
+            STOPPING.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
     // The handler interrupts code that may inspect errno right after.
     let saved = Errno::last_raw();
-    let fd = PIPE_WRITE.load(Ordering::Relaxed);
     // A full pipe (EAGAIN) already holds a wakeup: losing this byte loses
     // nothing.
     let _ = crate::sys::write_raw(fd, &[sig as u8]);

@@ -7,7 +7,7 @@
 //!    `--evict-after` that can make room, and not paused. Otherwise new
 //!    clients wait in the kernel backlog instead of being accepted and
 //!    dropped;
-//! 2. drain the pipe if a signal came, then reap *every* exited child;
+//! 2. if a signal came, drain the pipe, then reap *every* exited child;
 //! 3. accept from the ready listeners: admit or refuse, fork one child per
 //!    admitted connection.
 //!
@@ -56,11 +56,9 @@ pub struct Supervisor {
     /// Signals arrive here as bytes: with the listeners, the loop's only
     /// wake-up.
     pipe: SelfPipe,
-    /// Live children, their sources, and the reaper.
-    children: Children,
-    /// Admission: rules, rates, per-source limits, what a refused client
-    /// hears.
-    gate: Gate,
+    /// What the loop writes on every connection, in a shared mapping so
+    /// that no write of it after a fork copies a page (see [`Hot`]).
+    hot: crate::sys::SharedBox<Hot>,
     /// What each child serves with: the buffer, the echo mode, the limits.
     setup: session::Setup,
     /// What to do when `accept` or `fork` fails: retry, reserve, pause.
@@ -68,12 +66,8 @@ pub struct Supervisor {
     /// READY=1 / STOPPING=1 and `--ready-fd`.
     readiness: Readiness,
     settings: Settings,
-    /// Whether the last turn found the loop at `--max-children` (the cap is
-    /// counted once per episode).
-    at_cap: bool,
     /// Set once shutdown began: children forked now start stopping.
     stopping: bool,
-    stats: Stats,
     /// Whether each child installs the seccomp filter.
     sandbox: Sandbox,
     /// `--metrics-file`, written on a timer the loop's wait honours.
@@ -83,6 +77,25 @@ pub struct Supervisor {
     udp: crate::udp::Udp,
     #[cfg(feature = "alloc-count")]
     alloc_in_child: bool,
+}
+
+/// The parent's state that changes with every connection. It lives in a
+/// `MAP_SHARED` mapping ([`crate::sys::SharedBox`]): on the stack or the
+/// heap, each page of it the parent writes after a fork would be a
+/// copy-on-write fault in the parent and an old copy left private to every
+/// live child (8 KiB of each idle child's memory, measured). Children never
+/// read or write it: the child's side of the fork uses only the
+/// supervisor's other fields.
+struct Hot {
+    /// Live children, their sources, and the reaper.
+    children: Children,
+    /// Admission: rules, rates, per-source limits, what a refused client
+    /// hears.
+    gate: Gate,
+    stats: Stats,
+    /// Whether the last turn found the loop at `--max-children` (the cap is
+    /// counted once per episode).
+    at_cap: bool,
 }
 
 impl Supervisor {
@@ -101,15 +114,17 @@ impl Supervisor {
         Supervisor {
             listeners,
             pipe,
-            children: Children::default(),
-            gate,
+            hot: crate::sys::SharedBox::new(Hot {
+                children: Children::default(),
+                gate,
+                stats: Stats::default(),
+                at_cap: false,
+            }),
             setup,
             backoff: Backoff::new(),
             readiness,
             settings,
-            at_cap: false,
             stopping: false,
-            stats: Stats::default(),
             sandbox: Sandbox::default(),
             metrics,
             udp: crate::udp::Udp::default(),
@@ -127,7 +142,7 @@ impl Supervisor {
 
     /// Adds the UDP echo's sockets (`--udp`, or passed by systemd).
     pub fn with_udp(mut self, udp: crate::udp::Udp) -> Self {
-        self.stats.udp.enabled = !udp.sockets().is_empty();
+        self.hot.stats.udp.enabled = !udp.sockets().is_empty();
         self.udp = udp;
         self
     }
@@ -154,14 +169,22 @@ impl Supervisor {
         // After the privilege drop: the file belongs to the user that keeps
         // replacing it.
         self.export();
+        crate::sys::release_stack_below_caller();
         let stop = loop {
             let (ready, signalled) = self.wait();
+            // Only SIGCHLD means an exited child, and its handler always
+            // wakes the loop through the pipe (it is blocked outside
+            // `ppoll`, so one that comes between waits is delivered at the
+            // next): a turn without a signal has nothing to reap, and the
+            // `wait4` saying so was a wasted call per connection.
             let pending = if signalled {
-                self.pipe.drain()
+                let pending = self.pipe.drain();
+                let hot = &mut *self.hot;
+                hot.children.reap(&mut hot.stats);
+                pending
             } else {
                 Pending::default()
             };
-            self.children.reap(&mut self.stats);
             // The file first: once the status line is out, it is in place.
             if pending.status || self.metrics.due(Instant::now()) {
                 self.export();
@@ -180,7 +203,8 @@ impl Supervisor {
                     self.accept_from(i);
                 }
             }
-            self.udp.serve(&mut self.gate, &mut self.stats.udp);
+            let hot = &mut *self.hot;
+            self.udp.serve(&mut hot.gate, &mut hot.stats.udp);
         };
         self.shutdown(stop);
         #[cfg(feature = "alloc-count")]
@@ -193,11 +217,11 @@ impl Supervisor {
     fn wait(&mut self) -> (u32, bool) {
         let now = Instant::now();
         let paused = self.backoff.paused(now);
-        let at_cap = self.children.active() >= self.settings.max_children;
-        if at_cap && !self.at_cap {
-            self.stats.cap_reached += 1;
+        let at_cap = self.hot.children.active() >= self.settings.max_children;
+        if at_cap && !self.hot.at_cap {
+            self.hot.stats.cap_reached += 1;
         }
-        self.at_cap = at_cap;
+        self.hot.at_cap = at_cap;
         // At the cap, the listeners are polled only once a session is idle
         // enough to make room; until then, wake when the idlest could be.
         let (room, wake) = match self.room() {
@@ -252,21 +276,21 @@ impl Supervisor {
     /// session idle long enough to end for it. `Err(wake)`: not now, and
     /// when to look again (`None`: only when a child exits).
     fn room(&self) -> Result<(), Option<Duration>> {
-        if !self.children.has_room() {
+        if !self.hot.children.has_room() {
             return Err(None);
         }
-        if self.children.active() < self.settings.max_children {
+        if self.hot.children.active() < self.settings.max_children {
             return Ok(());
         }
         let min = self.settings.evict_after.ok_or(None)?;
-        self.children.idlest(min).map(drop)
+        self.hot.children.idlest(min).map(drop)
     }
 
     /// Writes `--metrics-file` (if given) with the counters as they are.
     fn export(&mut self) {
         let status = Status {
-            active: self.children.len(),
-            stats: &self.stats,
+            active: self.hot.children.len(),
+            stats: &self.hot.stats,
             log_dropped: crate::shared::dropped_total(),
         };
         self.metrics.write(&status, Instant::now());
@@ -276,8 +300,8 @@ impl Supervisor {
     /// it was asked for).
     fn log_status(&self) {
         let status = Status {
-            active: self.children.len(),
-            stats: &self.stats,
+            active: self.hot.children.len(),
+            stats: &self.hot.stats,
             log_dropped: crate::shared::dropped_total(),
         };
         crate::log!(Level::Error, "{status}");
@@ -292,7 +316,7 @@ impl Supervisor {
                 Ok((conn, peer)) => self.admit(conn, peer),
                 Err(e) => {
                     let l = &self.listeners[i];
-                    if let Next::Stop = self.backoff.accept_failed(e, l, &mut self.stats) {
+                    if let Next::Stop = self.backoff.accept_failed(e, l, &mut self.hot.stats) {
                         return;
                     }
                 }
@@ -303,17 +327,18 @@ impl Supervisor {
     /// The verdict on a fresh connection; an admitted one at the cap first
     /// ends the idlest session to make room.
     fn admit(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) {
-        let live = |key| self.children.live_from(key);
-        match self.gate.check(peer, live, Instant::now()) {
+        let hot = &mut *self.hot;
+        let live = |key| hot.children.live_from(key);
+        match hot.gate.check(peer, live, Instant::now()) {
             Ok(key) => {
-                if self.children.active() >= self.settings.max_children {
+                if self.hot.children.active() >= self.settings.max_children {
                     self.make_room();
                 }
                 self.spawn(conn, peer, key);
             }
             Err(why) => {
-                self.stats.refused(why);
-                self.gate.refuse(conn, peer, why);
+                self.hot.stats.refused(why);
+                self.hot.gate.refuse(conn, peer, why);
             }
         }
     }
@@ -321,10 +346,11 @@ impl Supervisor {
     /// Ends the session idle longest (checked by `room` a moment ago): it
     /// finishes cleanly on its own and no longer counts against the cap.
     fn make_room(&mut self) {
-        if let Some(i) = (self.settings.evict_after).and_then(|min| self.children.idlest(min).ok())
+        if let Some(i) =
+            (self.settings.evict_after).and_then(|min| self.hot.children.idlest(min).ok())
         {
-            let pid = self.children.evict(i);
-            self.stats.evicted += 1;
+            let pid = self.hot.children.evict(i);
+            self.hot.stats.evicted += 1;
             crate::log!(
                 Level::Debug,
                 "ending idle child {pid} to make room at --max-children"
@@ -336,13 +362,15 @@ impl Supervisor {
     /// always are outside `ppoll`, see `signals`); the parent closes its copy
     /// of the connection first thing.
     fn spawn(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, key: Option<u128>) {
-        self.setup.slot = self.children.free_slot();
+        // A local, not a field: the child reads its copy of this frame, and
+        // the parent writes nothing of its own after the fork but `hot`.
+        let slot = self.hot.children.free_slot();
         match crate::sys::fork() {
-            Ok(ForkResult::Child) => self.child(conn, peer),
+            Ok(ForkResult::Child) => self.child(conn, peer, slot),
             Ok(ForkResult::Parent { child }) => {
                 drop(conn);
-                self.stats.accepted += 1;
-                self.children.add(child, key, self.setup.slot);
+                self.hot.stats.accepted += 1;
+                self.hot.children.add(child, key, slot);
                 crate::log!(
                     Level::Debug,
                     "connection from {} served by child {child}",
@@ -351,14 +379,14 @@ impl Supervisor {
             }
             Err(e) => {
                 drop(conn);
-                self.backoff.fork_failed(e, peer, &mut self.stats);
+                self.backoff.fork_failed(e, peer, &mut self.hot.stats);
             }
         }
     }
 
     /// The child, right after fork: close every descriptor it must not hold,
     /// restore default signal handling, enter the sandbox, echo, `_exit`.
-    fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>) -> ! {
+    fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, slot: usize) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
         if !session::close_inherited(conn.as_raw_fd(), crate::log::syslog_fd()) {
@@ -373,7 +401,7 @@ impl Supervisor {
         if self.alloc_in_child {
             core::hint::black_box(Box::new(0u64));
         }
-        let end = self.setup.serve(conn.as_fd(), peer, mask);
+        let end = self.setup.serve(conn.as_fd(), peer, mask, slot);
         #[cfg(feature = "alloc-count")]
         crate::alloc_count::report("child", base);
         crate::sys::exit(end.status())
@@ -408,13 +436,14 @@ impl Supervisor {
     fn shutdown(&mut self, sig: Signal) {
         self.readiness.stopping();
         self.stopping = true;
-        self.children.signal_all(Signal::SIGTERM);
+        self.hot.children.signal_all(Signal::SIGTERM);
         let deadline = Instant::now() + self.settings.shutdown_timeout;
         let mut killed = 0;
         loop {
-            self.children.reap(&mut self.stats);
+            let hot = &mut *self.hot;
+            hot.children.reap(&mut hot.stats);
             self.drain_backlogs();
-            if self.children.is_empty() && self.listeners.is_empty() {
+            if self.hot.children.is_empty() && self.listeners.is_empty() {
                 break;
             }
             let now = Instant::now();
@@ -439,7 +468,7 @@ impl Supervisor {
             Level::Info,
             "stopped by {}: {} sessions ended, {killed} killed",
             sig.as_str(),
-            self.stats.stopped
+            self.hot.stats.stopped
         );
     }
 
@@ -466,7 +495,7 @@ impl Supervisor {
     }
 
     fn kill_remaining(&mut self) -> usize {
-        let n = self.children.len();
+        let n = self.hot.children.len();
         // Asked for with --shutdown-timeout 0: not an error then.
         let level = match self.settings.shutdown_timeout.is_zero() {
             true => Level::Info,
@@ -477,6 +506,7 @@ impl Supervisor {
             "{n} children still running after {}s, sending SIGKILL",
             self.settings.shutdown_timeout.as_secs()
         );
-        self.children.kill_all(&mut self.stats)
+        let hot = &mut *self.hot;
+        hot.children.kill_all(&mut hot.stats)
     }
 }

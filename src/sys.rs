@@ -130,14 +130,34 @@ pub fn accept4(fd: BorrowedFd<'_>) -> Result<(OwnedFd, Option<SockaddrStorage>),
     Ok((conn, peer))
 }
 
-/// `fork(2)`.
+/// `fork(2)`, through `_Fork` (POSIX 2024; musl 1.2.2+, glibc 2.34+) rather
+/// than the C library's `fork`.
 ///
-/// Sound here because the server is single-threaded: the child starts with a
-/// consistent heap and no lock held by another thread, and it only uses
-/// memory prepared before fork and its stack anyway.
+/// `fork` brackets the call with work this process does not need: it blocks
+/// and restores the application signals (two more `rt_sigprocmask` in the
+/// parent and one in the child per connection), runs `pthread_atfork`
+/// handlers, and takes the C library's internal locks when threads exist.
+/// `_Fork` still blocks every signal across the call and resets the
+/// library's thread state (the cached thread id, the thread list) in the
+/// child, so `raise`/`abort` there address the child itself.
+///
+/// Sound here because the server is single-threaded and registers no
+/// `pthread_atfork` handler (nor does anything it links): no lock can be
+/// held by another thread, and there is no handler to skip. The child starts
+/// with a consistent heap and only uses memory prepared before fork and its
+/// stack anyway (it never allocates: `tests/alloc.rs`).
 pub fn fork() -> Result<ForkResult, Errno> {
+    extern "C" {
+        fn _Fork() -> libc::pid_t;
+    }
     // SAFETY: see above; callers are the single-threaded parent only.
-    unsafe { nix::unistd::fork() }
+    let pid = Errno::result(unsafe { _Fork() })?;
+    Ok(match pid {
+        0 => ForkResult::Child,
+        pid => ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(pid),
+        },
+    })
 }
 
 /// `_exit(2)`: leaves without running atexit handlers or flushing stdio
@@ -178,6 +198,37 @@ pub fn set_disposition(sig: Signal, ignore: bool) -> Result<(), Errno> {
     unsafe { signal::sigaction(sig, &act) }.map(drop)
 }
 
+/// Gives back the stack pages below the caller's frame: the deep start-up
+/// calls (argument parsing, binding, the privilege drop) left them
+/// populated, and `fork` copies the page-table entry of every populated
+/// private page and write-protects it, on every connection (about 1 us per
+/// page, fork and exit together, measured on x86_64). The loop re-touches
+/// only the few it uses.
+///
+/// The range is the 256 KiB below the caller's page and the one under it:
+/// only the stack itself and its guard gap (the kernel keeps other mappings
+/// at least 1 MiB below a stack). Errors are ignored (`ENOMEM` for the
+/// unmapped part of the range): the pages are then merely kept.
+#[inline(never)]
+pub fn release_stack_below_caller() {
+    let here = 0u8;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as usize);
+    let top = (core::ptr::addr_of!(here) as usize & !(page - 1)).saturating_sub(page);
+    let len = (256 * 1024usize).next_multiple_of(page);
+    let Some(start) = top.checked_sub(len) else {
+        return;
+    };
+    // SAFETY: everything below the stack pointer is dead (this function is
+    // not a leaf, so no red zone of its own lives there, and no signal
+    // handler runs during the call: the handled signals are blocked outside
+    // `ppoll`); MADV_DONTNEED on private anonymous memory reads back as
+    // zeros, and nothing in the range is read before it is written again.
+    let _ = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+}
+
 /// `mmap(MAP_SHARED | MAP_ANONYMOUS)` of `words` zeroed 32-bit atomics,
 /// never unmapped: memory the parent and every child it forks afterwards
 /// see alike (the children's last activity, the dropped-log count).
@@ -196,6 +247,104 @@ pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
     // for the rest of the process (never unmapped), and is only ever
     // accessed through atomics, by this process and its forks.
     Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU32>(), words) })
+}
+
+/// `len` zero bytes that no page backs until written: a private anonymous
+/// mapping, never unmapped (the heap where it cannot be made).
+///
+/// For the echo buffer: `vec![0; n]` goes through `calloc`, which for 64 KiB
+/// clears (so populates) every page in the parent, and `fork` then copies
+/// 16 more page-table entries per connection for a buffer the parent never
+/// uses and a short session never touches. Here a child that does copy
+/// gets zero pages on first write, as it got copies before.
+pub fn zeroed_pages(len: usize) -> &'static mut [u8] {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks
+    // aliases nothing of ours.
+    let p = unsafe { libc::mmap(core::ptr::null_mut(), len.max(1), prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return vec![0u8; len].leak();
+    }
+    // SAFETY: `len` writable bytes, zero-filled by the kernel (so
+    // initialised u8s), never unmapped, and this is their only reference.
+    unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) }
+}
+
+/// A `T` of the parent's in its own `MAP_SHARED | MAP_ANONYMOUS` mapping
+/// (on the heap where the mapping cannot be made).
+///
+/// Why: after a fork every page of the parent is shared copy-on-write with
+/// the child, so each page the parent writes afterwards costs the parent a
+/// fault and leaves the old copy private to *every* live child. State the
+/// parent writes on every connection (the child table, the counters, the
+/// rate windows) lives here instead: a shared mapping is never copied, so
+/// those writes cost no fault and no child's memory.
+///
+/// The contract that makes this sound: only the process that made it ever
+/// touches the value. Children forked later map the same memory, but never
+/// read or write it (the child's side of the fork names only the
+/// supervisor's other fields) and never drop it (they leave with `_exit`).
+pub struct SharedBox<T> {
+    ptr: core::ptr::NonNull<T>,
+    mapped: bool,
+}
+
+impl<T> SharedBox<T> {
+    pub fn new(value: T) -> SharedBox<T> {
+        let len = core::mem::size_of::<T>().max(1);
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks
+        // aliases nothing of ours.
+        let p = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
+        if p == libc::MAP_FAILED || core::mem::align_of::<T>() > 4096 {
+            return SharedBox {
+                ptr: core::ptr::NonNull::from(Box::leak(Box::new(value))),
+                mapped: false,
+            };
+        }
+        let ptr = p.cast::<T>();
+        // SAFETY: page-aligned (so aligned for T, checked above), writable,
+        // `len` bytes, not yet initialised: written once here.
+        unsafe { ptr.write(value) };
+        SharedBox {
+            // SAFETY: mmap never returns null on success.
+            ptr: unsafe { core::ptr::NonNull::new_unchecked(ptr) },
+            mapped: true,
+        }
+    }
+}
+
+impl<T> core::ops::Deref for SharedBox<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: initialised in `new`, freed only in `drop`; no other
+        // process touches it (see the type's contract).
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T> core::ops::DerefMut for SharedBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as for `deref`; `&mut self` makes the access unique.
+        unsafe { self.ptr.as_mut() }
+    }
+}
+
+impl<T> Drop for SharedBox<T> {
+    fn drop(&mut self) {
+        let ptr = self.ptr.as_ptr();
+        // SAFETY: made by `new` as `mapped` records, dropped exactly once.
+        unsafe {
+            if self.mapped {
+                core::ptr::drop_in_place(ptr);
+                libc::munmap(ptr.cast(), core::mem::size_of::<T>().max(1));
+            } else {
+                drop(Box::from_raw(ptr));
+            }
+        }
+    }
 }
 
 /// `sigpending(2)`: is any of `set` pending? The child keeps its stop

@@ -224,8 +224,10 @@ fn reply_from(local: SocketAddr, a: &Arrival) -> Option<ReplyFrom> {
 #[derive(Default)]
 pub struct Udp {
     socks: Sockets,
-    /// One datagram at a time, up to `--udp-buffer` bytes.
-    buf: Box<[u8]>,
+    /// One datagram at a time, up to `--udp-buffer` bytes; no page of it
+    /// populated until a datagram comes (every populated page of the parent
+    /// is copied-on-write work for each fork), and empty without UDP.
+    buf: &'static mut [u8],
     refuse: Ports,
     logs: [LogLimit; 7],
     /// Sockets `poll` found readable this turn, one bit each.
@@ -234,9 +236,13 @@ pub struct Udp {
 
 impl Udp {
     pub fn new(socks: Sockets, buffer_size: usize, refuse: Ports) -> Udp {
+        let buf = match socks.is_empty() {
+            true => &mut [],
+            false => crate::sys::zeroed_pages(buffer_size),
+        };
         Udp {
             socks,
-            buf: vec![0u8; buffer_size].into_boxed_slice(),
+            buf,
             refuse,
             ..Udp::default()
         }
@@ -247,11 +253,18 @@ impl Udp {
     }
 
     pub fn set_ready(&mut self, mask: u32) {
-        self.ready = mask;
+        // Written only when it changes: a store on every turn of the loop
+        // would copy this page after every fork (see `sys::SharedBox`).
+        if self.ready != mask {
+            self.ready = mask;
+        }
     }
 
     /// Answers up to `UDP_BATCH` datagrams on each socket `poll` reported.
     pub fn serve(&mut self, gate: &mut Gate, stats: &mut UdpStats) {
+        if self.ready == 0 {
+            return; // and no store (see `set_ready`)
+        }
         for i in 0..self.socks.len() {
             if self.ready & (1 << i) != 0 {
                 for _ in 0..UDP_BATCH {
@@ -268,7 +281,7 @@ impl Udp {
     /// (or failed: `poll` will say when to try again).
     fn serve_one(&mut self, i: usize, gate: &mut Gate, stats: &mut UdpStats) -> bool {
         let sock = &self.socks[i];
-        let d = match crate::sys::recv_pktinfo(sock.fd.as_fd(), &mut self.buf) {
+        let d = match crate::sys::recv_pktinfo(sock.fd.as_fd(), self.buf) {
             Ok(d) => d,
             Err(Errno::EAGAIN) => return false,
             Err(Errno::EINTR) => return true,

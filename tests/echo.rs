@@ -66,6 +66,34 @@ fn multi_mib_random_payload_written_and_read_concurrently() {
     }
 }
 
+/// Auto's phases on one connection: short messages copied through its small
+/// window, a message of exactly the window's size (512 bytes: the switch),
+/// then a stream (spliced, then copied once bulk) with a short tail, every
+/// byte back in order.
+#[test]
+fn auto_short_messages_then_a_stream_then_short_again() {
+    let srv = Server::start(&["--echo", "auto"]);
+    let mut s = srv.connect();
+    for (i, len) in [1usize, 64, 511, 512, 3].into_iter().enumerate() {
+        let msg = random_bytes(i as u64, len);
+        s.write_all(&msg).unwrap();
+        assert_eq!(read_exact_within(&mut s, len, SOON), msg, "message {i}");
+    }
+    let payload = random_bytes(99, 1 << 20);
+    let mut w = s.try_clone().unwrap();
+    let p2 = payload.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&p2).unwrap();
+        w.write_all(b"tail").unwrap();
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_eof_within(&mut s, Duration::from_secs(60));
+    writer.join().unwrap();
+    assert_eq!(got.len(), payload.len() + 4);
+    assert!(got[..payload.len()] == payload[..], "stream mismatch");
+    assert_eq!(&got[payload.len()..], b"tail");
+}
+
 #[test]
 fn several_messages_on_one_connection() {
     for mode in MODES {

@@ -199,8 +199,13 @@ fn mixed_load_soak_adds_up() {
     }));
 
     let end = Instant::now() + Duration::from_secs(secs);
+    let mut rss_warm = None;
     let mut stopped_once = false;
     while Instant::now() < end {
+        // Warm: once every path has run, the stop and its backlog included.
+        if stopped_once && rss_warm.is_none() {
+            rss_warm = Some(vm_rss_kib(srv.pid));
+        }
         for _ in 0..5 {
             srv.signal(Signal::SIGUSR1);
         }
@@ -270,10 +275,17 @@ fn mixed_load_soak_adds_up() {
     );
     assert_eq!(fds(srv.pid).len(), fds0, "parent descriptors changed");
     let rss1 = vm_rss_kib(srv.pid);
-    eprintln!("parent VmRSS {rss0} KiB before, {rss1} KiB after; {fds0} descriptors");
+    let rss_warm = rss_warm.expect("a sample after the stop");
+    eprintln!(
+        "parent VmRSS {rss0} KiB before, {rss_warm} KiB warm, {rss1} KiB after; {fds0} descriptors"
+    );
     if runner().is_empty() {
-        // Under QEMU the emulator's own memory moves; natively it must not.
-        assert_eq!(rss1, rss0, "parent RSS grew");
+        // Under QEMU the emulator's own memory moves; natively it must not
+        // once warm. Before the load, the stack pages start-up used are
+        // given back (sys::release_stack_below_caller): the load's rarer
+        // paths (refusals, the cap) fault a few in again, and no more.
+        assert_eq!(rss1, rss_warm, "parent RSS grew under load");
+        assert!(rss1 <= rss0 + 16, "parent RSS grew by {} KiB", rss1 - rss0);
     }
     let before = cpu_ticks(srv.pid);
     std::thread::sleep(Duration::from_secs(1));
