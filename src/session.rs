@@ -610,8 +610,8 @@ impl core::fmt::Display for Secs {
 }
 
 /// In the child, right after fork: close every descriptor but 0-2, the
-/// connection and `keep` (the syslog socket) — the listeners, the
-/// self-pipe, the reserve, the notification socket, and whatever the parent
+/// connection and `keep` (the syslog socket) — the listeners, the reserve,
+/// the notification socket, and whatever the parent
 /// itself inherited without close-on-exec (a supervisor's pipes, a
 /// jobserver), which no session should pin open. `close_range(2)` closes the
 /// gaps between the kept descriptors; where the kernel lacks it (ENOSYS,
