@@ -166,6 +166,7 @@ impl Supervisor {
         crate::log::report_drops_here();
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
+        self.hot.children.check_strangers();
         // After the privilege drop: the file belongs to the user that keeps
         // replacing it.
         self.export();

@@ -48,6 +48,29 @@ fn no_zombie_a_second_after_a_burst_without_further_connections() {
 }
 
 #[test]
+fn children_the_server_did_not_fork_are_reaped_too() {
+    // A launcher that starts a job and then execs the server leaves that job
+    // a child of the server's. The reaper stops once its own table is empty
+    // only when there were no such children at start; here there is one, so
+    // its exit (SIGCHLD with an empty table, no client) must still be reaped.
+    let mut all = runner();
+    all.push(bin());
+    all.extend(["--listen", "127.0.0.1:0"].map(String::from));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"sleep 0.5 & exec "$@""#)
+        .arg("sh")
+        .args(&all);
+    let srv = Server::spawn(cmd, None);
+    round_trip(&srv, b"before");
+    std::thread::sleep(Duration::from_secs(2));
+    let (live, zombies) = srv.children();
+    assert_eq!(zombies.len(), 0, "zombies left: {zombies:?}");
+    assert_eq!(live.len(), 0, "children left: {live:?}");
+    round_trip(&srv, b"after");
+}
+
+#[test]
 fn child_holds_only_its_connection_and_parent_never_holds_it() {
     // copy (and auto, while the messages are short): the connection alone;
     // splice: the connection and the child's own pipe.
