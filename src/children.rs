@@ -39,6 +39,9 @@ pub struct Children {
     slots: [u32; SLOT_WORDS],
     /// Children asked to end to make room, still alive.
     evicted: usize,
+    /// The table holds every child this process has (see
+    /// [`Children::check_strangers`]): an empty table means nothing to reap.
+    exact: bool,
 }
 
 impl Default for Children {
@@ -47,6 +50,7 @@ impl Default for Children {
             live: heapless::Vec::new(),
             slots: [0; SLOT_WORDS],
             evicted: 0,
+            exact: false,
         }
     }
 }
@@ -128,10 +132,25 @@ impl Children {
         c.pid
     }
 
+    /// Once, before the loop forks anything: is this process free of
+    /// children it did not fork (`ECHILD`)? Then only the loop ever makes
+    /// one, every child is in the table, and [`Children::reap`] stops as
+    /// soon as the table is empty instead of asking `waitpid` once more to
+    /// hear "none left": a system call saved per connection at c=1. A
+    /// process started with children of its own (`sh -c 'job & exec
+    /// forkecho'`) keeps asking until `waitpid` says none is left, so those
+    /// are reaped too. One `wait4`, at start-up.
+    pub fn check_strangers(&mut self) {
+        self.exact = matches!(
+            waitpid(None, Some(WaitPidFlag::WNOHANG)),
+            Err(Errno::ECHILD)
+        );
+    }
+
     /// `waitpid(-1, WNOHANG)` until no exited child is left (SIGCHLDs
     /// coalesce: one wait per signal would leak zombies), counting each end.
     pub fn reap(&mut self, stats: &mut Stats) {
-        loop {
+        while !(self.exact && self.live.is_empty()) {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(WaitStatus::Exited(pid, code)) => {

@@ -50,8 +50,10 @@ pub const REJECT_MESSAGE_MAX: usize = 200;
 /// `--ready-fd`: any descriptor but 0 (stdin) and 2 (the log).
 pub const READY_FD: RangeInclusive<i32> = 1..=65535;
 
-/// Most connections accepted from one listener per turn, so one busy listener
-/// cannot starve the others or delay reaping.
+/// Most `accept` calls on one listener per turn: one connection is taken per
+/// turn, past at most this many retried errors (each loses the one queued
+/// connection it names), so one listener cannot starve the others or delay
+/// reaping.
 pub const ACCEPT_BATCH: usize = 16;
 /// Pause of the listeners after a resource error (fork failure, ENOBUFS,
 /// ENOMEM): long enough to stop a busy loop, short enough to go unnoticed.

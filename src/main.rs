@@ -11,7 +11,7 @@
 //! ```text
 //! argv ─ cli ─▶ Config ─ main ─▶ listeners (listener | activation) ─┐
 //!                                                                  ▼
-//!   signals ─ self-pipe ─▶ supervisor: ppoll ─ accept ─ admission::Gate
+//!   signals ─── flags ───▶ supervisor: ppoll ─ accept ─ admission::Gate
 //!                             ▲                          │ admitted
 //!                             │ waitpid                  ▼
 //!                          children ◀─ exit status ─ fork ─▶ session (child)
@@ -38,7 +38,7 @@
 //!   kill-all.
 //! - [`backoff`]: what an `accept` or `fork` failure leads to (retry, the
 //!   reserve descriptor, a pause), never a busy loop.
-//! - [`signals`]: handlers feeding the self-pipe; the mask `ppoll` waits with.
+//! - [`signals`]: handlers setting flags; the mask `ppoll` waits with.
 //! - [`stats`]: the parent's counters and the SIGUSR1 status line.
 //! - [`metrics`]: the counters as a Prometheus text file (`--metrics-file`),
 //!   replaced atomically on a timer, on SIGUSR1, at start and at shutdown.
@@ -205,7 +205,7 @@ fn start(words: &[&[u8]]) -> Result<Option<supervisor::Supervisor>> {
     // Handlers go in after binding, so a bind failure exits with the default
     // dispositions untouched, and before the "listening" line, so a script
     // that reacts to that line can already signal us.
-    let pipe = signals::SelfPipe::install()?;
+    let signals = signals::Signals::install()?;
     let readiness = activation::Readiness::new(activation::Notify::from_env(), ready_fd);
     let gate = admission::Gate::new(cfg.policy.clone(), &cfg.reject_message, Instant::now());
     let setup = session::Setup {
@@ -230,9 +230,10 @@ fn start(words: &[&[u8]]) -> Result<Option<supervisor::Supervisor>> {
         Some(spec) => metrics::Metrics::open(spec, Instant::now()),
         None => metrics::Metrics::off(),
     };
-    let mut sup =
-        supervisor::Supervisor::new(listeners, pipe, readiness, gate, setup, settings, metrics)
-            .with_udp(udp);
+    let mut sup = supervisor::Supervisor::new(
+        listeners, signals, readiness, gate, setup, settings, metrics,
+    )
+    .with_udp(udp);
     // Bound, reserve descriptor open: now give up root, for good.
     target.apply()?;
     privs::no_new_privs()?;

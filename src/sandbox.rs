@@ -61,7 +61,7 @@ const COMMON: [c_long; 20] = [
     libc::SYS_pipe2,           // the splice pipe
     libc::SYS_ppoll,           // every session wait (with the stop signals unblocked)
     libc::SYS_clock_gettime,   // Instant::now where the vDSO falls back
-    libc::SYS_shutdown,        // the half-close after the echo
+    libc::SYS_shutdown,        // the half-close of a session the server ends
     libc::SYS_recvfrom,        // draining the peer's input after FIN (recv, MSG_TRUNC)
     libc::SYS_getpid,          // every log line names its process
     libc::SYS_sendto,          // log lines to syslog (musl's send is sendto)

@@ -169,6 +169,7 @@ impl Setup {
             clock: Clock::new(self.limits, Some(slot)),
             mask,
             unchecked: 0,
+            sole: true,
         };
         s.run(peer, self.mode)
     }
@@ -250,6 +251,9 @@ struct Session<'a> {
     mask: SigSet,
     /// Bytes moved since the last look for a pending stop signal.
     unchecked: usize,
+    /// A forked child's: no other process keeps the connection open once
+    /// the parent has closed its copy (see [`Session::at_eof`]).
+    sole: bool,
 }
 
 /// What a splice session came to.
@@ -337,7 +341,7 @@ impl Session<'_> {
             let n = match self.read_into(&mut small) {
                 Ok(Some(0)) => continue,
                 Ok(Some(n)) => n,
-                Ok(None) => return Err((half_close(self.conn), total)),
+                Ok(None) => return Err((self.at_eof(), total)),
                 Err(end) => return Err((end, total)),
             };
             total += n as u64;
@@ -404,7 +408,7 @@ impl Session<'_> {
                 return (end, total);
             }
         }
-        (half_close(self.conn), total)
+        (self.at_eof(), total)
     }
 
     /// One `read(2)` into the buffer and the echo of what it got: `Some(n)`
@@ -512,7 +516,7 @@ impl Session<'_> {
                 return Spliced::Bulk(total);
             }
         }
-        Spliced::Done(half_close(self.conn), total)
+        Spliced::Done(self.at_eof(), total)
     }
 
     /// Drains the pipe completely before reading more: the pipe then never
@@ -532,6 +536,22 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The peer sent EOF and every byte is echoed: the session is over.
+    ///
+    /// A forked child needs no `shutdown(2)` for its FIN (a system call per
+    /// connection): it exits at once, and closing a socket with nothing left
+    /// unread sends FIN after what is queued, as `shutdown` would. The parent
+    /// closes its copy right after `fork`, so the child's is the last (in
+    /// the rare case the parent has not got there yet, the FIN leaves when
+    /// it does, a moment later). `--inetd` may share the socket with its
+    /// launcher, which can keep a copy open: there `shutdown` says it.
+    fn at_eof(&self) -> End {
+        match self.sole {
+            true => End::Eof,
+            false => half_close(self.conn),
+        }
     }
 
     /// When the server ends a session: FIN (everything read has been
@@ -596,6 +616,7 @@ pub fn run(
         clock: Clock::new(limits, None),
         mask,
         unchecked: 0,
+        sole: false,
     };
     s.run(peer, mode)
 }
@@ -610,8 +631,8 @@ impl core::fmt::Display for Secs {
 }
 
 /// In the child, right after fork: close every descriptor but 0-2, the
-/// connection and `keep` (the syslog socket) — the listeners, the
-/// self-pipe, the reserve, the notification socket, and whatever the parent
+/// connection and `keep` (the syslog socket) — the listeners, the reserve,
+/// the notification socket, and whatever the parent
 /// itself inherited without close-on-exec (a supervisor's pipes, a
 /// jobserver), which no session should pin open. `close_range(2)` closes the
 /// gaps between the kept descriptors; where the kernel lacks it (ENOSYS,

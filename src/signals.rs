@@ -1,20 +1,24 @@
-//! Signals: in the parent, bytes on a self-pipe that the accept loop polls;
-//! in a child, a flag that ends the session cleanly.
+//! Signals: in the parent, a word of flags that the accept loop reads after
+//! each wait; in a child, a flag that ends the session cleanly.
 //!
-//! Why a self-pipe and not `signalfd`: under QEMU user mode (where this
-//! server is tested) the emulator catches host signals itself, so a host
-//! signalfd never sees them; a handler that writes to a pipe works everywhere.
+//! Why flags and no self-pipe: the handled signals stay blocked except inside
+//! `ppoll` (below), so a handler only ever runs during that wait, which then
+//! returns. Setting a bit in a static and reading the word after the wait
+//! loses nothing, and saves the pipe's two descriptors and a `write` (in the
+//! handler) plus a `read` (in the loop) per signal: per connection, since
+//! every child's exit is a SIGCHLD. (Why not `signalfd`: under QEMU user
+//! mode, where this server is tested, the emulator catches host signals
+//! itself, so a host signalfd never sees them; a handler works everywhere.)
 //!
 //! Why the handled signals stay blocked except inside `ppoll`: a handler then
 //! only ever runs while the process waits, so nothing else sees `EINTR`, a
-//! flag checked before the wait cannot miss a signal that comes during it,
-//! and `fork` needs no mask juggling: the child starts with the signals
-//! blocked and, before it first waits, only marks itself a child (one store,
-//! no system call): from then on the inherited handler does the child's part
-//! (a stop signal sets the flag, the others do nothing). A signal aimed at a
-//! new child before that stays pending and then acts as it should; it can
-//! never write into the *shared* pipe, waking the parent with a signal it
-//! never got.
+//! flag checked after the wait cannot miss a signal that comes before it (it
+//! stays pending and is delivered in the next wait), and `fork` needs no mask
+//! juggling: the child starts with the signals blocked and the inherited
+//! handler does the child's part with no set-up at all (it only sets a bit
+//! in the child's own copy of the flags: a stop bit ends the session, the
+//! others are never read). A signal aimed at a new child can never reach the
+//! parent.
 //!
 //! What each signal does (README, "Signals"):
 //! - TERM, INT, QUIT, PWR: the parent stops accepting and drains; a child
@@ -28,13 +32,10 @@
 //!   killing or stopping the process.
 
 use crate::error::{Error, Result};
-use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use nix::poll::PollFd;
 use nix::sys::signal::{self, SaFlags, SigSet, SigmaskHow, Signal};
 use nix::sys::time::TimeSpec;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 /// The signals that end a session, and the server.
@@ -56,16 +57,31 @@ const OTHERS: [Signal; 5] = [
 /// failed write.
 const IGNORED: [Signal; 3] = [Signal::SIGPIPE, Signal::SIGXFSZ, Signal::SIGTTOU];
 
-/// Write end of the pipe, for the handler (which cannot take arguments).
-static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
-/// In a child: a stop signal arrived.
+/// Bit `n` set: signal `n` was handled since the parent last looked. Every
+/// handled signal is below 32. 32 bits, not 64: a lock-free `fetch_or`
+/// (async-signal-safe) on every target, ARMv6 included.
+static CAUGHT: AtomicU32 = AtomicU32::new(0);
+/// In a child: asked to stop before any signal (shutdown had begun at fork).
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
-/// What the pipe said since the last look. (SIGCHLD needs no flag: the loop
-/// reaps on every turn.)
+const fn bits(sigs: &[Signal]) -> u32 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < sigs.len() {
+        mask |= 1 << sigs[i] as u32;
+        i += 1;
+    }
+    mask
+}
+const STOP_BITS: u32 = bits(&STOP);
+
+/// What the handlers caught since the last look.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Pending {
-    /// The stop signal that came (the first, if several).
+    /// SIGCHLD: a child exited, reap.
+    pub child: bool,
+    /// The stop signal that came (the lowest-numbered, if several came in
+    /// one wait).
     pub terminate: Option<Signal>,
     /// SIGUSR1 or SIGHUP: write the status line.
     pub status: bool,
@@ -81,23 +97,17 @@ fn set_of(sigs: &[Signal]) -> SigSet {
     set
 }
 
-/// The self-pipe. Both ends are non-blocking (a full pipe must never block
-/// the handler; an empty one must never block the loop) and close-on-exec.
-pub struct SelfPipe {
-    read: OwnedFd,
-    write: OwnedFd,
+/// The parent's signal handling, installed: the handlers and the mask.
+pub struct Signals {
     /// The mask to wait with (and to give children): the one we started
     /// with, without the handled signals.
     wait_mask: SigSet,
 }
 
-impl SelfPipe {
-    /// `pipe2(2)`, then `sigaction(2)` for every handled signal, `SIG_IGN`
-    /// for the ignored ones, and `sigprocmask(2)` blocking the handled ones.
-    pub fn install() -> Result<SelfPipe> {
-        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|e| Error::sys("cannot create the signal pipe", e))?;
-        PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
+impl Signals {
+    /// `sigaction(2)` for every handled signal, `SIG_IGN` for the ignored
+    /// ones, and `sigprocmask(2)` blocking the handled ones.
+    pub fn install() -> Result<Signals> {
         // No SA_RESTART: poll is never restarted anyway, and nothing else in
         // the parent blocks with the signals unblocked.
         // SA_NOCLDSTOP: a stopped child is not an exited one.
@@ -107,75 +117,49 @@ impl SelfPipe {
         }
         ignore_write_signals()?;
         let wait_mask = block(&[&STOP, &OTHERS])?;
-        Ok(SelfPipe {
-            read,
-            write,
-            wait_mask,
-        })
+        Ok(Signals { wait_mask })
     }
 
     /// `ppoll(2)` with the handled signals unblocked for the wait only.
-    /// `None` waits without limit. `EINTR` means a handler ran (and wrote to
-    /// the pipe).
+    /// `None` waits without limit. `EINTR` means a handler ran; a handler may
+    /// also run as a wait that found ready descriptors returns, so read
+    /// [`Signals::take`] after every wait, whatever it returned.
     pub fn ppoll(&self, fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> nix::Result<i32> {
         nix::poll::ppoll(fds, timeout.map(TimeSpec::from), Some(self.wait_mask))
     }
 
-    /// In the child, with the signals still blocked: marks the process as a
-    /// child, so the inherited handler (`on_signal`) sets the stop flag for a
-    /// stop signal and does nothing for the parent's others (a SIGUSR1 or
-    /// SIGHUP sent to the whole process group must not end the sessions; the
-    /// child has no children to see SIGCHLD). Every handled signal stays
-    /// blocked outside the session's waits, as in the parent. Returns the
-    /// mask the session waits with.
+    /// In the child: the mask the session waits with. Nothing else to do:
+    /// the inherited handler only sets bits in the child's own copy of the
+    /// flags, of which the child reads the stop ones (a SIGUSR1 or SIGHUP
+    /// sent to the whole process group must not end the sessions; the child
+    /// has no children to see SIGCHLD). Every handled signal stays blocked
+    /// outside the session's waits, as in the parent.
     ///
     /// Lazy on purpose: swapping dispositions with `sigaction` and setting a
     /// mask cost ten system calls per connection (a third of the total for a
-    /// short session); this is one store to a static.
+    /// short session).
     pub fn reset_in_child(&self) -> SigSet {
-        PIPE_WRITE.store(-1, Ordering::Relaxed);
         self.wait_mask
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.read.as_fd()
-    }
-
-    /// Both ends, for the child to close.
-    pub fn raw_fds(&self) -> [i32; 2] {
-        [self.read.as_raw_fd(), self.write.as_raw_fd()]
-    }
-
-    /// Reads everything the handlers wrote: `read(2)` until a short read
-    /// (the pipe is then empty; no extra call just to see `EAGAIN`).
-    pub fn drain(&self) -> Pending {
+    /// In the parent: the signals handled since the last call (a load and a
+    /// store, no system call), cleared.
+    pub fn take(&self) -> Pending {
+        let caught = CAUGHT.swap(0, Ordering::Relaxed);
         let mut pending = Pending::default();
-        let mut buf = [0u8; 64];
-        loop {
-            match nix::unistd::read(&self.read, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    for &b in &buf[..n] {
-                        note(&mut pending, b);
-                    }
-                    if n < buf.len() {
-                        break;
-                    }
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => break, // EAGAIN: empty.
+        for sig in (1..32).filter(|n| caught & 1 << n != 0) {
+            if let Ok(sig) = Signal::try_from(sig) {
+                note(&mut pending, sig);
             }
         }
         pending
     }
 }
 
-/// Files one signal number from the pipe under what it asks for.
-fn note(pending: &mut Pending, byte: u8) {
-    let Ok(sig) = Signal::try_from(i32::from(byte)) else {
-        return;
-    };
+/// Files one caught signal under what it asks for.
+fn note(pending: &mut Pending, sig: Signal) {
     match sig {
+        Signal::SIGCHLD => pending.child = true,
         Signal::SIGUSR1 | Signal::SIGHUP => pending.status = true,
         Signal::SIGUSR2 | Signal::SIGALRM => pending.ignored = Some(sig),
         s if STOP.contains(&s) => {
@@ -231,9 +215,10 @@ fn ignore_write_signals() -> Result<()> {
     Ok(())
 }
 
-/// In a child: has a stop signal been handled (during a wait)?
+/// In a child: has a stop signal been handled (during a wait), or was the
+/// child asked to stop at fork?
 pub fn stop_requested() -> bool {
-    STOPPING.load(Ordering::Relaxed)
+    STOPPING.load(Ordering::Relaxed) || CAUGHT.load(Ordering::Relaxed) & STOP_BITS != 0
 }
 
 /// In a child: has a stop signal come, handled or still pending (blocked
@@ -248,23 +233,12 @@ pub fn request_stop() {
     STOPPING.store(true, Ordering::Relaxed);
 }
 
+/// The handler of every handled signal, parent and forked child alike: one
+/// atomic `fetch_or`, async-signal-safe, no system call (errno untouched).
 extern "C" fn on_signal(sig: i32) {
-    let fd = PIPE_WRITE.load(Ordering::Relaxed);
-    if fd < 0 {
-        // A forked child (see `reset_in_child`): a stop ends the session,
-        // the parent's other signals are ignored. No system call, so errno
-        // is untouched.
-        if STOP.iter().any(|&s| s as i32 == sig) {
-            STOPPING.store(true, Ordering::Relaxed);
-        }
-        return;
+    if (1..32).contains(&sig) {
+        CAUGHT.fetch_or(1 << sig, Ordering::Relaxed);
     }
-    // The handler interrupts code that may inspect errno right after.
-    let saved = Errno::last_raw();
-    // A full pipe (EAGAIN) already holds a wakeup: losing this byte loses
-    // nothing.
-    let _ = crate::sys::write_raw(fd, &[sig as u8]);
-    Errno::set_raw(saved);
 }
 
 extern "C" fn on_stop(_: i32) {
