@@ -254,6 +254,9 @@ fn tcp_is_served_while_a_udp_flood_runs() {
     let sent: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
     let echoed = srv.counter("udp_echoed");
     assert!(echoed > 0, "the flood was not served at all ({sent} sent)");
+    // The client sees the last echo's EOF when the child closes, a moment
+    // before the parent reaps it: count the ends once all are reaped.
+    assert_eq!(srv.wait_children(0, SOON), 0);
     assert_eq!(srv.counter("exited_ok"), 20);
     assert!(tcp_time < SOON, "20 TCP echoes took {tcp_time:?}");
     eprintln!("20 TCP echoes in {tcp_time:?} during a flood of {sent} datagrams, {echoed} echoed");
