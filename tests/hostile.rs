@@ -155,14 +155,27 @@ fn a_flood_from_one_address_spends_only_its_own_budget() {
 #[test]
 fn an_ipv4_client_of_a_dual_stack_socket_is_logged_as_ipv4() {
     let srv = Server::start(&["--listen", "[::]:0", "-v", "--deny", "127.0.0.2"]);
+    // Under qemu-user a refused connection now and then closes without the
+    // emulated server ever logging it or counting it in time (about 1 run in
+    // 30 under parallel load, with the build issue 11 started from too;
+    // never natively in 30; cause not found): what is checked here is the
+    // line's form, so a second attempt is allowed there, and said.
+    let attempts = if runner().is_empty() { 1 } else { 3 };
+    for attempt in 1..=attempts {
+        let mut refused = srv.connect_from("127.0.0.2");
+        assert!(closed_within(&mut refused, SOON));
+        if srv.wait_log_count("refused ", 1, Duration::from_secs(5)) == 1 {
+            if attempt > 1 {
+                eprintln!("the refusal was logged at attempt {attempt} (qemu-user)");
+            }
+            break;
+        }
+    }
     let mut s = srv.connect_from("127.0.0.1");
     s.write_all(b"v4").unwrap();
     assert_eq!(read_exact_within(&mut s, 2, SOON), b"v4");
     drop(s);
-    let mut refused = srv.connect_from("127.0.0.2");
-    assert!(closed_within(&mut refused, SOON));
-    srv.wait_log_count("ended (", 1, SOON);
-    srv.wait_log_count("refused ", 1, SOON);
+    assert_eq!(srv.wait_log_count("ended (", 1, SOON), 1, "{}", srv.log());
     let log = srv.log();
     assert!(!log.contains("::ffff:"), "{log}");
     assert!(log.contains("connection from 127.0.0.1:"), "{log}");
