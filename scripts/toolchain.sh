@@ -149,13 +149,14 @@ zb() {
 # the signal table) took the binary from 119,192 to 126,824 bytes; the
 # sandbox, the metrics file and UDP echo to 152,800; reading passwd without
 # std::fs and plainer argument handling brought it to 148,416. Issue 11's
-# 110,000 is met: 87,756, then 88,524 with perf2's changes merged. Thumb-2
-# code for armv7 (-27.6 KB), no musl printf/stdio behind libunwind's error
-# path (-11.1 KB), a hand-written parser instead of argh (-4.6 KB), no std
-# runtime (-4.5 KB), a start-up arena instead of zig's malloc (-3.8 KB), raw
-# set*id and fstat64 calls (-3.5 KB) and smaller pieces (git log for each).
+# work brought it to 115,028 (ARM code): no musl printf/stdio behind
+# libunwind's error path (-11.1 KB), a hand-written parser instead of argh
+# (-4.6 KB), no std runtime (-4.5 KB), a start-up arena instead of zig's
+# malloc (-3.8 KB), raw set*id and fstat64 calls (-3.5 KB) and smaller pieces
+# (git log for each). Its goal, 110,000, is not met: Thumb-2 code would give
+# 88,524, but that build stalled on the emulated Pi 2 (.cargo/config.toml).
 # Size is deterministic for a given toolchain: a gate, not a timing.
-SIZE_BUDGET_ARMV7=90300
+SIZE_BUDGET_ARMV7=117400
 
 # Fails when the armv7 release binary outgrows its budget. Only on the
 # build-std path: the rustup path cannot use the size options above.
