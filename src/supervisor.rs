@@ -281,23 +281,23 @@ impl Supervisor {
 
     /// Writes `--metrics-file` (if given) with the counters as they are.
     fn export(&mut self) {
-        let status = Status {
-            active: self.hot.children.len(),
-            stats: &self.hot.stats,
-            log_dropped: crate::shared::dropped_total(),
-        };
+        let status = Self::status(&self.hot);
         self.metrics.write(&status, Instant::now());
     }
 
     /// SIGUSR1: one line with every counter, always written (even with -q:
     /// it was asked for).
     fn log_status(&self) {
-        let status = Status {
-            active: self.hot.children.len(),
-            stats: &self.hot.stats,
+        crate::log!(Level::Error, "{}", Self::status(&self.hot));
+    }
+
+    /// The counters as they are, for the status line and the metrics file.
+    fn status(hot: &Hot) -> Status<'_> {
+        Status {
+            active: hot.children.len(),
+            stats: &hot.stats,
             log_dropped: crate::shared::dropped_total(),
-        };
-        crate::log!(Level::Error, "{status}");
+        }
     }
 
     /// Accepts one connection from a ready listener, past at most
@@ -389,7 +389,7 @@ impl Supervisor {
     }
 
     /// The child, right after fork: close every descriptor it must not hold,
-    /// restore default signal handling, enter the sandbox, echo, `_exit`.
+    /// take the session's signal mask, enter the sandbox, echo, `_exit`.
     fn child(&mut self, conn: OwnedFd, peer: Option<SocketAddr>, slot: usize) -> ! {
         #[cfg(feature = "alloc-count")]
         let base = crate::alloc_count::count();
