@@ -228,24 +228,45 @@ pub fn release_stack_below_caller() {
     let _ = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
 }
 
+/// A fresh anonymous mapping of `len` bytes (at least one page): readable,
+/// writable, zero-filled, no page of it populated until written; `shared`
+/// with the children forked later, or private (copy-on-write).
+fn map_anon(len: usize, shared: bool) -> Result<core::ptr::NonNull<u8>, Errno> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let share = if shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    // SAFETY: a fresh anonymous mapping at an address the kernel picks
+    // aliases nothing of ours.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len.max(1),
+            prot,
+            share | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(Errno::last());
+    }
+    // Never null: without MAP_FIXED the kernel does not map page 0.
+    core::ptr::NonNull::new(p.cast::<u8>()).ok_or(Errno::ENOMEM)
+}
+
 /// `mmap(MAP_SHARED | MAP_ANONYMOUS)` of `words` zeroed 32-bit atomics,
 /// never unmapped: memory the parent and every child it forks afterwards
 /// see alike (the children's last activity, the dropped-log count).
 pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
-    let len = words.max(1) * core::mem::size_of::<AtomicU32>();
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
-    // SAFETY: a fresh anonymous mapping at an address the kernel picks
-    // aliases nothing of ours.
-    let ptr = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
-    if ptr == libc::MAP_FAILED {
-        return Err(Errno::last());
-    }
+    let ptr = map_anon(words.max(1) * core::mem::size_of::<AtomicU32>(), true)?;
     // SAFETY: the mapping is page-aligned (so aligned for AtomicU32), `len`
     // bytes long, zero-filled (a valid AtomicU32 is any bit pattern), lives
     // for the rest of the process (never unmapped), and is only ever
     // accessed through atomics, by this process and its forks.
-    Ok(unsafe { core::slice::from_raw_parts(ptr.cast::<AtomicU32>(), words) })
+    Ok(unsafe { core::slice::from_raw_parts(ptr.as_ptr().cast::<AtomicU32>(), words) })
 }
 
 /// `len` zero bytes that no page backs until written: a private anonymous
@@ -257,17 +278,12 @@ pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
 /// uses and a short session never touches. Here a child that does copy
 /// gets zero pages on first write, as it got copies before.
 pub fn zeroed_pages(len: usize) -> &'static mut [u8] {
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    // SAFETY: a fresh anonymous mapping at an address the kernel picks
-    // aliases nothing of ours.
-    let p = unsafe { libc::mmap(core::ptr::null_mut(), len.max(1), prot, flags, -1, 0) };
-    if p == libc::MAP_FAILED {
+    let Ok(p) = map_anon(len, false) else {
         return vec![0u8; len].leak();
-    }
+    };
     // SAFETY: `len` writable bytes, zero-filled by the kernel (so
     // initialised u8s), never unmapped, and this is their only reference.
-    unsafe { core::slice::from_raw_parts_mut(p.cast::<u8>(), len) }
+    unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) }
 }
 
 /// A `T` of the parent's in its own `MAP_SHARED | MAP_ANONYMOUS` mapping
@@ -291,27 +307,21 @@ pub struct SharedBox<T> {
 
 impl<T> SharedBox<T> {
     pub fn new(value: T) -> SharedBox<T> {
-        let len = core::mem::size_of::<T>().max(1);
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks
-        // aliases nothing of ours.
-        let p = unsafe { libc::mmap(core::ptr::null_mut(), len, prot, flags, -1, 0) };
-        if p == libc::MAP_FAILED || core::mem::align_of::<T>() > 4096 {
+        let mapped = match core::mem::align_of::<T>() <= 4096 {
+            true => map_anon(core::mem::size_of::<T>(), true).ok(),
+            false => None,
+        };
+        let Some(p) = mapped else {
             return SharedBox {
                 ptr: core::ptr::NonNull::from(Box::leak(Box::new(value))),
                 mapped: false,
             };
-        }
+        };
         let ptr = p.cast::<T>();
         // SAFETY: page-aligned (so aligned for T, checked above), writable,
-        // `len` bytes, not yet initialised: written once here.
-        unsafe { ptr.write(value) };
-        SharedBox {
-            // SAFETY: mmap never returns null on success.
-            ptr: unsafe { core::ptr::NonNull::new_unchecked(ptr) },
-            mapped: true,
-        }
+        // `size_of::<T>()` bytes, not yet initialised: written once here.
+        unsafe { ptr.as_ptr().write(value) };
+        SharedBox { ptr, mapped: true }
     }
 }
 
@@ -651,23 +661,7 @@ impl Arena {
 
     /// A mapping of its own: page-aligned, zero-filled, untouched.
     fn map(size: usize) -> *mut u8 {
-        use libc::{MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
-        // SAFETY: a new anonymous mapping; no existing memory is touched.
-        let p = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                size,
-                PROT_READ | PROT_WRITE,
-                MAP_PRIVATE | MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == MAP_FAILED {
-            core::ptr::null_mut()
-        } else {
-            p.cast()
-        }
+        map_anon(size, false).map_or(core::ptr::null_mut(), |p| p.as_ptr())
     }
 }
 
