@@ -450,10 +450,11 @@ def checks(con, port, args, run):
         run.missing(f"starting through the init script failed: {out.strip()}; log: {log}")
         return
 
-    # 2. Unprivileged, NoNewPrivs, parent and a session child.
-    def privileges():
+    def with_session_child(tag, body):
+        """Opens a proven session, finds the parent and its one session
+        child, and returns body(parent, child, s) while the session is live."""
         pid = guest_pid(con)
-        s = proven_session(port, "privs")
+        s = proven_session(port, tag)
         if s is None:
             return False, "the session was refused"
         try:
@@ -463,16 +464,23 @@ def checks(con, port, args, run):
                 return False, f"pid {pid} from the pid file is not running"
             if len(kids) != 1:
                 return False, f"expected 1 session child, found {len(kids)}"
+            return body(parent[0], kids[0], s)
+        finally:
+            s.close()
+
+    # 2. Unprivileged, NoNewPrivs, parent and a session child.
+    def privileges():
+        def body(parent, child, s):
             bad = [
                 f"{p['name']}[{p['pid']}] uid={p['uid']} gid={p['gid']} NoNewPrivs={p['nnp']}"
-                for p in parent + kids
+                for p in (parent, child)
                 if p["uid"] != "65534,65534,65534,65534" or p["gid"] != "65534,65534,65534,65534" or p["nnp"] != "1"
             ]
             if bad:
                 return False, "; ".join(bad)
             return True, "parent and session child: uid/gid 65534 (real, effective, saved, fs), NoNewPrivs: 1"
-        finally:
-            s.close()
+
+        return with_session_child("privs", body)
 
     step(run, "privileges", "runs as nobody/nogroup with NoNewPrivs", privileges)
 
@@ -480,15 +488,8 @@ def checks(con, port, args, run):
     # user mode refuses filters). A live session child is in filter mode
     # (Seccomp: 2), and the session still echoes under it.
     def sandbox():
-        pid = guest_pid(con)
-        s = proven_session(port, "sbx")
-        if s is None:
-            return False, "the session was refused"
-        try:
-            kids, _, _ = children_and_zombies(con, pid)
-            if len(kids) != 1:
-                return False, f"expected 1 session child, found {len(kids)}"
-            child = kids[0]["pid"]
+        def body(parent, child, s):
+            pid, child = parent["pid"], child["pid"]
             _, out = con.run(f"grep -E '^Seccomp:' /proc/{child}/status; grep -E '^Seccomp:' /proc/{pid}/status")
             lines = [l.split()[-1] for l in out.splitlines() if l.startswith("Seccomp:")]
             if lines != ["2", "0"]:
@@ -498,8 +499,8 @@ def checks(con, port, args, run):
             if got != b"under the filter":
                 return False, f"echo under the filter: {got!r}"
             return True, f"session child {child}: Seccomp: 2 (filter), parent: 0; it echoes"
-        finally:
-            s.close()
+
+        return with_session_child("sbx", body)
 
     step(run, "sandbox", "a session child runs under the seccomp filter", sandbox)
 
