@@ -172,7 +172,6 @@ fn notify_socket_gets_ready_and_stopping() {
     let n = sock.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -219,7 +218,6 @@ fn ready_fd_gets_the_port_and_is_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
     round_trip(&srv, b"ready");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -310,7 +308,6 @@ fn notify_socket_path_works_under_chroot() {
     let n = sock.recv(&mut buf).expect("STOPPING=1 after the chroot");
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

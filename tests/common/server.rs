@@ -388,10 +388,32 @@ pub fn runner_and_bin() -> Vec<String> {
 }
 
 /// A fresh empty directory in the system's temporary directory, named after
-/// this test process.
-pub fn temp_dir(name: &str) -> std::path::PathBuf {
+/// this test process; removed with everything in it when the guard drops,
+/// also when the test fails.
+pub fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("forkecho-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
