@@ -13,32 +13,26 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// Starts forkecho on a free port without waiting for a "listening on"
-/// line (with -q or --syslog there is none on stderr): ready once it
-/// accepts.
-fn start_on_free_port(args: &[&str]) -> Server {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut all = vec!["--listen", &addr];
+/// Starts forkecho on port 0 without waiting for a "listening on" line
+/// (with -q or --syslog there is none on stderr): ready once its socket
+/// listens.
+fn start_with_log_elsewhere(args: &[&str]) -> Server {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
     all.extend(args);
-    let srv = Server::spawn(command(&all), Some(addr.parse().unwrap()));
-    // Listening, seen in /proc/net/tcp: a probe connection would leave a
-    // child behind that a later open_session could count.
-    let port = format!(":{:04X} ", srv.addr.port());
+    let mut srv = Server::spawn(command(&all), Some("127.0.0.1:0".parse().unwrap()));
+    // The port from the server's own listening socket (its log may be
+    // elsewhere): a probe connection would leave a child behind that a later
+    // open_session could count, and a port probed free beforehand can be
+    // taken by another process before the server binds it (seen in CI).
     let deadline = Instant::now() + SOON;
-    let listening = || {
-        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        tcp.lines().any(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|a| a.ends_with(port.trim_end()))
-                && l.split_whitespace().nth(3) == Some("0A")
-        })
-    };
-    while !listening() {
+    loop {
+        if let Some(port) = listening_port(srv.pid) {
+            srv.addr.set_port(port);
+            return srv;
+        }
         assert!(Instant::now() < deadline, "not listening: {}", srv.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    srv
 }
 
 #[test]
@@ -132,7 +126,7 @@ fn ctrl_c_to_the_process_group_is_one_line() {
 
 #[test]
 fn shutdown_timeout_0_is_asked_for_not_an_error() {
-    let mut srv = start_on_free_port(&["-q", "--shutdown-timeout", "0"]);
+    let mut srv = start_with_log_elsewhere(&["-q", "--shutdown-timeout", "0"]);
     let (_s, _) = open_session(&srv, b"x");
     srv.signal(Signal::SIGTERM);
     assert_eq!(srv.wait_exit(SOON).code(), Some(0));
@@ -236,7 +230,8 @@ fn a_line_syslog_refuses_goes_to_stderr() {
     let path = dir.join("log");
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(SOON)).unwrap();
-    let srv = start_on_free_port(&["--syslog", "--syslog-socket", path.to_str().unwrap(), "-v"]);
+    let srv =
+        start_with_log_elsewhere(&["--syslog", "--syslog-socket", path.to_str().unwrap(), "-v"]);
     round_trip(&srv, b"logged");
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).unwrap();

@@ -76,3 +76,24 @@ pub fn proc_status(pid: i32, field: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
 }
+
+/// The port of a TCP socket `pid` holds in the listening state, found by
+/// the socket's inode in /proc/net/tcp{,6}: for a server started on port 0
+/// whose "listening on" line goes elsewhere (syslog, -q). Unlike a port
+/// probed free beforehand, nobody else can hold it.
+pub fn listening_port(pid: i32) -> Option<u16> {
+    let inodes: Vec<String> = fds(pid)
+        .into_iter()
+        .filter_map(|(_, t)| Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string()))
+        .collect();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                return u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok();
+            }
+        }
+    }
+    None
+}
