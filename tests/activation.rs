@@ -14,8 +14,8 @@ use std::time::Duration;
 
 #[test]
 fn socket_activation_serves_the_passed_socket() {
-    let port = free_port();
-    let mut srv = activator(&[], port, &["-v"]);
+    let mut srv = activator(&[], &["-v"]);
+    let port = srv.addr.port();
     // The first client makes the activator exec forkecho, which finds the
     // client waiting on the passed socket.
     round_trip(&srv, b"activated");
@@ -82,8 +82,7 @@ fn listen_fds_for_another_process_are_ignored() {
 
 #[test]
 fn inetd_mode_serves_one_connection_per_process() {
-    let port = free_port();
-    let srv = activator(&["--inetd", "--accept"], port, &["--inetd", "-v"]);
+    let srv = activator(&["--inetd", "--accept"], &["--inetd", "-v"]);
     round_trip(&srv, b"first");
     let all: Vec<u8> = (0..=255u8).collect();
     round_trip(&srv, &all);
@@ -110,14 +109,14 @@ fn inetd_mode_keeps_log_lines_out_of_a_socket_on_stderr() {
         ),
         (&["--inetd", "-v", "--deny", "127.0.0.1"], b"", b""),
     ] {
-        let port = free_port();
-        let mut cmd = Command::new("systemd-socket-activate");
-        cmd.args(["--inetd", "--accept", "-l", &format!("127.0.0.1:{port}")])
-            .args(["sh", "-c", "exec \"$@\" 2>&1", "sh"])
-            .args(runner_and_bin())
-            .args(args);
-        let srv = Server::spawn(cmd, Some(format!("127.0.0.1:{port}").parse().unwrap()));
-        assert_eq!(srv.wait_log_count("Listening on", 1, SOON), 1);
+        let srv = spawn_activator(|port| {
+            let mut cmd = Command::new("systemd-socket-activate");
+            cmd.args(["--inetd", "--accept", "-l", &format!("127.0.0.1:{port}")])
+                .args(["sh", "-c", "exec \"$@\" 2>&1", "sh"])
+                .args(runner_and_bin())
+                .args(args);
+            cmd
+        });
         let mut s = srv.connect();
         s.write_all(payload).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
@@ -127,10 +126,8 @@ fn inetd_mode_keeps_log_lines_out_of_a_socket_on_stderr() {
 
 #[test]
 fn inetd_mode_applies_the_access_rules() {
-    let port = free_port();
     let srv = activator(
         &["--inetd", "--accept"],
-        port,
         &["--inetd", "--deny", "127.0.0.1"],
     );
     let mut s = srv.connect();
@@ -312,10 +309,8 @@ fn notify_socket_path_works_under_chroot() {
 
 #[test]
 fn inetd_idle_timeout_is_not_a_usage_error() {
-    let port = free_port();
     let mut srv = activator(
         &["--inetd", "--accept"],
-        port,
         &["--inetd", "-v", "--idle-timeout", "1"],
     );
     let mut s = srv.connect();

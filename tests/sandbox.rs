@@ -144,8 +144,7 @@ fn sandbox_off_installs_nothing_and_says_nothing() {
 
 #[test]
 fn inetd_mode_serves_under_the_filter() {
-    let port = free_port();
-    let srv = activator(&["--inetd", "--accept"], port, &["--inetd", "-v"]);
+    let srv = activator(&["--inetd", "--accept"], &["--inetd", "-v"]);
     let (mut s, child) = open_session(&srv, b"inetd");
     // Each inetd process decides for itself: unfiltered only where the
     // kernel refused, which it then says (the line may reach the test's log

@@ -262,9 +262,9 @@ fn tcp_is_served_while_a_udp_flood_runs() {
     eprintln!("20 TCP echoes in {tcp_time:?} during a flood of {sent} datagrams, {echoed} echoed");
 }
 
-/// The datagram activator on a free port: the server and its address.
+/// The datagram activator on a probed free port: the server and its address.
 fn datagram_activator(args: &[&str], server_args: &[&str]) -> (Server, SocketAddr) {
-    let srv = activator(args, free_port(), server_args);
+    let srv = activator(args, server_args);
     let to = srv.addr;
     (srv, to)
 }

@@ -358,25 +358,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// forkecho behind the real `systemd-socket-activate` with `args`, on
-/// 127.0.0.1:`port`, run with `server_args`; returns once the activator
+/// forkecho behind the real `systemd-socket-activate` with `args`, on a
+/// loopback port, run with `server_args`; returns once the activator
 /// listens (forkecho itself starts with the first client).
-pub fn activator(args: &[&str], port: u16, server_args: &[&str]) -> Server {
-    let mut cmd = Command::new("systemd-socket-activate");
-    cmd.args(args)
-        .arg("-l")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(runner_and_bin())
-        .args(server_args);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let srv = Server::spawn(cmd, Some(addr));
-    assert_eq!(
-        srv.wait_log_count("Listening on", 1, SOON),
-        1,
-        "activator: {}",
-        srv.log()
-    );
-    srv
+pub fn activator(args: &[&str], server_args: &[&str]) -> Server {
+    spawn_activator(|port| {
+        let mut cmd = Command::new("systemd-socket-activate");
+        cmd.args(args)
+            .arg("-l")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(runner_and_bin())
+            .args(server_args);
+        cmd
+    })
+}
+
+/// Spawns `make(port)`, an activator that binds 127.0.0.1:`port` itself and
+/// says "Listening on". systemd-socket-activate takes no port 0, so the port
+/// is probed free; another process can take it before the activator binds
+/// it, and then the next probed port is tried.
+pub fn spawn_activator(make: impl Fn(u16) -> Command) -> Server {
+    for _ in 0..3 {
+        let port = free_port();
+        let srv = Server::spawn(make(port), Some(SocketAddr::from(([127, 0, 0, 1], port))));
+        let deadline = Instant::now() + SOON;
+        loop {
+            let log = srv.log();
+            if log.contains("Listening on") {
+                return srv;
+            }
+            if log.contains("Address already in use") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "activator: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("activator: three probed ports were taken before it could bind them");
 }
 
 /// The runner and binary as one argument list, for wrapping in another
