@@ -25,10 +25,10 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, UnixAddr};
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 pub use crate::limits::LINE_MAX;
+use crate::sys::SetOnce;
 
 /// How much to say. Ordered: a message is written when its level is at or
 /// below the configured one.
@@ -57,7 +57,7 @@ static REPORTED: AtomicU32 = AtomicU32::new(0);
 static SYSLOG: AtomicI32 = AtomicI32::new(-1);
 /// Where the syslog socket is, to reconnect after syslogd restarts. Set
 /// once at start-up; reconnecting then needs no allocation.
-static SYSLOG_ADDR: OnceLock<UnixAddr> = OnceLock::new();
+static SYSLOG_ADDR: SetOnce<UnixAddr> = SetOnce::new();
 
 pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);

@@ -10,8 +10,8 @@
 //! a difference, correct up to 49 days, far past any session limit.
 
 use crate::limits::MAX_CHILDREN;
+use crate::sys::SetOnce;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 struct Board {
@@ -21,7 +21,7 @@ struct Board {
     base: Instant,
 }
 
-static BOARD: OnceLock<Board> = OnceLock::new();
+static BOARD: SetOnce<Board> = SetOnce::new();
 
 /// Maps the page; at start-up, before any fork. Without it (mmap refused)
 /// the server works on, only unable to tell idle children apart, so it

@@ -211,10 +211,12 @@ pub fn set_disposition(sig: Signal, ignore: bool) -> Result<(), Errno> {
 #[inline(never)]
 pub fn release_stack_below_caller() {
     let here = 0u8;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .map_or(4096, |p| p as usize);
+    // From the aux vector, not sysconf: musl's sysconf brings a 1 KB table.
+    // SAFETY: getauxval reads the process's aux vector, set up before main.
+    let page = match unsafe { libc::getauxval(libc::AT_PAGESZ) } as usize {
+        p if p.is_power_of_two() => p,
+        _ => 4096,
+    };
     let top = (core::ptr::addr_of!(here) as usize & !(page - 1)).saturating_sub(page);
     let len = (256 * 1024usize).next_multiple_of(page);
     let Some(start) = top.checked_sub(len) else {
@@ -802,5 +804,65 @@ pub mod ids {
     pub fn set_user(uid: u32) -> Result<(), Errno> {
         // SAFETY: takes a number and touches no memory.
         Errno::result(unsafe { libc::syscall(SETUID, uid) }).map(drop)
+    }
+}
+
+/// A value set once at start-up and then only read: `OnceLock` without the
+/// futex-based `Once` behind it (which waits for a racing initialiser; here
+/// a second `set` simply fails), about 500 bytes less on 32-bit ARM.
+pub struct SetOnce<T> {
+    /// 0 empty, 1 being written, 2 set.
+    state: core::sync::atomic::AtomicU8,
+    value: core::cell::UnsafeCell<core::mem::MaybeUninit<T>>,
+}
+
+// SAFETY: the value is written once, by the one `set` that moved `state`
+// from 0 to 1, and read (shared) only after `state` is 2 with Release /
+// Acquire ordering between them, so no reader overlaps the write; T: Sync
+// makes the shared reads from several threads sound, T: Send the move in.
+unsafe impl<T: Send + Sync> Sync for SetOnce<T> {}
+
+impl<T> SetOnce<T> {
+    pub const fn new() -> SetOnce<T> {
+        SetOnce {
+            state: core::sync::atomic::AtomicU8::new(0),
+            value: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+        }
+    }
+
+    /// Stores `value` unless one was stored (or is being stored) already.
+    pub fn set(&self, value: T) -> Result<(), T> {
+        use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+        if self.state.compare_exchange(0, 1, Acquire, Relaxed).is_err() {
+            return Err(value);
+        }
+        // SAFETY: state 1 is held by this call alone (the exchange above),
+        // and no `get` reads before state 2.
+        unsafe { (*self.value.get()).write(value) };
+        self.state.store(2, Release);
+        Ok(())
+    }
+
+    pub fn get(&self) -> Option<&T> {
+        if self.state.load(core::sync::atomic::Ordering::Acquire) != 2 {
+            return None;
+        }
+        // SAFETY: state 2 means `set` finished writing (Acquire pairs with
+        // its Release) and nothing writes the value again.
+        Some(unsafe { (*self.value.get()).assume_init_ref() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SetOnce;
+
+    #[test]
+    fn set_once_keeps_the_first_value() {
+        let cell = SetOnce::new();
+        assert_eq!(cell.get(), None);
+        assert_eq!(cell.set(1), Ok(()));
+        assert_eq!(cell.set(2), Err(2));
+        assert_eq!(cell.get(), Some(&1));
     }
 }
