@@ -527,8 +527,22 @@ pub fn recv_pktinfo(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Datagram, Errn
     msg.msg_iovlen = 1;
     msg.msg_control = (&mut space as *mut Space).cast();
     msg.msg_controllen = core::mem::size_of::<Space>() as _;
+    // On 32-bit ARM the raw call: musl's recvmsg also rewrites time64
+    // timestamp messages (asked for nowhere here), 400 bytes on armv7.
+    #[cfg(target_arch = "arm")]
     // SAFETY: every pointer in `msg` refers to a live local or to `buf`, with
-    // its true length; the kernel writes within those lengths only.
+    // its true length; the kernel writes within those lengths only. musl's
+    // msghdr on 32-bit ARM has the kernel's layout.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_recvmsg,
+            fd.as_raw_fd(),
+            &mut msg as *mut libc::msghdr,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    #[cfg(not(target_arch = "arm"))]
+    // SAFETY: as above.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
     let len = Errno::result(n)? as usize;
     // SAFETY: the kernel filled `msg_namelen` bytes of a sockaddr_storage.
@@ -606,6 +620,37 @@ pub extern "C" fn fflush() -> libc::c_int {
 #[no_mangle]
 #[allow(non_upper_case_globals)]
 pub static stderr: usize = 0;
+
+/// Stand-ins for the ARM EHABI unwinder on 32-bit ARM, in the size builds
+/// (`-Cpanic=immediate-abort`, std built from source the same way): the
+/// personality routines the C objects' unwind tables name (`.ARM.exidx`)
+/// and what std's own personality routine calls. Defined here, they keep
+/// libunwind out of the link (about 1.8 KB on armv7 with its tables).
+/// Nothing unwinds in such a build, and C code does not throw; were one ever
+/// called, `_URC_FAILURE` (9) makes an unwinder give up and abort. Builds
+/// that can unwind (test builds, a prebuilt std) link the real libunwind.
+macro_rules! no_unwinder {
+    ($($name:ident),*) => {$(
+        #[cfg(all(target_arch = "arm", panic = "immediate-abort", not(test)))]
+        #[no_mangle]
+        pub extern "C" fn $name() -> libc::c_int {
+            9
+        }
+    )*};
+}
+
+no_unwinder!(
+    __aeabi_unwind_cpp_pr0,
+    __aeabi_unwind_cpp_pr1,
+    __aeabi_unwind_cpp_pr2,
+    __gnu_unwind_frame,
+    _Unwind_VRS_Get,
+    _Unwind_VRS_Set,
+    _Unwind_GetLanguageSpecificData,
+    _Unwind_GetRegionStart,
+    _Unwind_GetDataRelBase,
+    _Unwind_GetTextRelBase
+);
 
 /// The heap of the release binary, in place of the C library's `malloc`
 /// (zig's, 4 KB of code on armv7 for a thread-caching allocator a
