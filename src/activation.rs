@@ -48,9 +48,10 @@ pub fn listen_fds() -> Result<Option<Passed>> {
     let (Some(pid), Some(fds)) = (pid, fds) else {
         return Ok(None);
     };
-    let pid: i32 = pid
-        .parse()
-        .map_err(|_| Error::Start(format!("LISTEN_PID={pid}: not a process id")))?;
+    // Through u32: one number parser in the binary instead of two.
+    let pid = (pid.parse::<u32>().ok())
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| Error::Start(format!("LISTEN_PID={pid}: not a process id")))?;
     if pid != nix::unistd::getpid().as_raw() {
         crate::log!(
             Level::Info,
