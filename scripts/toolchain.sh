@@ -155,7 +155,7 @@ zb() {
 # arena instead of zig's malloc (-3.8 KB), raw set*id and fstat64 calls
 # (-3.5 KB), no libunwind in size builds (-1.8 KB), no OnceLock or sysconf
 # (-1.7 KB) and smaller pieces (git log for each). Thumb-2 code would be
-# about 88 KB, but that build stalled on the emulated Pi 2 (.cargo/config.toml).
+# about 88 KB (not switched yet, see .cargo/config.toml).
 # Size is deterministic for a given toolchain: a gate, not a timing.
 SIZE_BUDGET_ARMV7=112100
 
