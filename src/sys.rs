@@ -274,11 +274,13 @@ pub fn map_shared(words: usize) -> Result<&'static [AtomicU32], Errno> {
 /// `len` zero bytes that no page backs until written: a private anonymous
 /// mapping, never unmapped (the heap where it cannot be made).
 ///
-/// For the echo buffer: `vec![0; n]` goes through `calloc`, which for 64 KiB
-/// clears (so populates) every page in the parent, and `fork` then copies
-/// 16 more page-table entries per connection for a buffer the parent never
-/// uses and a short session never touches. Here a child that does copy
-/// gets zero pages on first write, as it got copies before.
+/// For the echo and UDP buffers: a populated page of the parent's is a
+/// page-table entry `fork` copies on every connection, for a buffer the
+/// parent never uses and a short session never touches. [`Arena`] maps
+/// blocks of a page or more the same way, but this holds for every size
+/// `--buffer-size` and `--udp-buffer` allow (from 512 bytes), where the arena
+/// would cut a small one from its static pages and zero them. A child that
+/// does copy gets zero pages on first write.
 pub fn zeroed_pages(len: usize) -> &'static mut [u8] {
     let Ok(p) = map_anon(len, false) else {
         return vec![0u8; len].leak();
