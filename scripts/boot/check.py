@@ -280,6 +280,17 @@ def children_and_zombies(con, parent):
     return kids, zombies, procs
 
 
+def wait_no_children(con, parent, within, pause):
+    """Waits until `parent` has no children and the guest no zombies, for
+    `within` seconds at most: (children, zombies) as last seen."""
+    deadline = time.monotonic() + within
+    while True:
+        kids, zombies, _ = children_and_zombies(con, parent)
+        if (not kids and not zombies) or time.monotonic() > deadline:
+            return kids, zombies
+        time.sleep(pause)
+
+
 def guest_pid(con):
     rc, out = con.run(f"{FE} pid")
     out = out.strip()
@@ -465,11 +476,7 @@ def checks(con, port, args, run):
             run.missing(f"the warm-up session was refused after {took:.1f} s")
             return
         warm.close()
-        pid = guest_pid(con)
-        for _ in range(100):
-            if not children_and_zombies(con, pid)[0]:
-                break
-            time.sleep(0.2)
+        wait_no_children(con, guest_pid(con), 20, 0.2)
         print(f"# {run.name}: the emulated USB network passed a first session after {took:.1f} s", flush=True)
 
     def with_session_child(tag, body):
@@ -620,15 +627,10 @@ def checks(con, port, args, run):
         finally:
             for s in sessions:
                 s.close()
-        deadline = time.monotonic() + 20
         t1 = time.monotonic()
-        while True:
-            kids, zombies, _ = children_and_zombies(con, pid)
-            if not kids and not zombies:
-                break
-            if time.monotonic() > deadline:
-                return False, f"20 s after closing: {len(kids)} children, {len(zombies)} zombies left"
-            time.sleep(0.5)
+        kids, zombies = wait_no_children(con, pid, 20, 0.5)
+        if kids or zombies:
+            return False, f"20 s after closing: {len(kids)} children, {len(zombies)} zombies left"
         per = [c / n for c in cost] if cost else [0, 0, 0, 0]
         return True, (
             f"{n} opened one after another in {opened:.1f} s, {n} children; "
