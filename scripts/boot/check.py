@@ -468,7 +468,11 @@ def checks(con, port, args, run):
     # counter standing still until the guest's load fell. One session with
     # a long timeout proves the path before any check is timed; how long it
     # took is printed, and its child must be gone before checks count them.
+    # The guest itself can be too busy then to answer the console within a
+    # check's 30 s (seen on raspi2b): it is first left to settle.
     if args.nic == "usb-net":
+        rc, out = con.run(f"{FE} settle", 200)
+        print(f"# {run.name}: guest {out.strip()}", flush=True)
         t0 = time.monotonic()
         warm = proven_session(port, "warm-up", timeout=150)
         took = time.monotonic() - t0
