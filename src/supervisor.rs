@@ -58,7 +58,7 @@ pub struct Supervisor {
     signals: Signals,
     /// What the loop writes on every connection, in a shared mapping so
     /// that no write of it after a fork copies a page (see [`Hot`]).
-    hot: crate::sys::SharedBox<Hot>,
+    hot: crate::sys::ParentBox<Hot>,
     /// What each child serves with: the buffer, the echo mode, the limits.
     setup: session::Setup,
     /// What to do when `accept` or `fork` fails: retry, reserve, pause.
@@ -80,12 +80,13 @@ pub struct Supervisor {
 }
 
 /// The parent's state that changes with every connection. It lives in a
-/// `MAP_SHARED` mapping ([`crate::sys::SharedBox`]): on the stack or the
+/// mapping no child gets ([`crate::sys::ParentBox`]): on the stack or the
 /// heap, each page of it the parent writes after a fork would be a
 /// copy-on-write fault in the parent and an old copy left private to every
 /// live child (8 KiB of each idle child's memory, measured). Children never
-/// read or write it: the child's side of the fork uses only the
-/// supervisor's other fields.
+/// read or write it (the child's side of the fork uses only the
+/// supervisor's other fields), and do not even map it: no session holds
+/// the other clients' addresses.
 struct Hot {
     /// Live children, their sources, and the reaper.
     children: Children,
@@ -114,7 +115,7 @@ impl Supervisor {
         Supervisor {
             listeners,
             signals,
-            hot: crate::sys::SharedBox::new(Hot {
+            hot: crate::sys::ParentBox::new(Hot {
                 children: Children::default(),
                 gate,
                 stats: Stats::default(),

@@ -290,33 +290,56 @@ pub fn zeroed_pages(len: usize) -> &'static mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) }
 }
 
-/// A `T` of the parent's in its own `MAP_SHARED | MAP_ANONYMOUS` mapping
-/// (on the heap where the mapping cannot be made).
+/// A `T` of the parent's in its own anonymous mapping that no child gets:
+/// private, marked `MADV_DONTFORK` (shared where the kernel refuses the
+/// mark; on the heap where no mapping can be made).
 ///
 /// Why: after a fork every page of the parent is shared copy-on-write with
 /// the child, so each page the parent writes afterwards costs the parent a
 /// fault and leaves the old copy private to *every* live child. State the
 /// parent writes on every connection (the child table, the counters, the
-/// rate windows) lives here instead: a shared mapping is never copied, so
-/// those writes cost no fault and no child's memory.
+/// rate windows) lives here instead: `fork` skips the mapping, so it copies
+/// no page-table entry of it, write-protects nothing, and those writes cost
+/// no fault and no child's memory. A child does not even see it: the
+/// addresses of every other client the parent serves are not in a
+/// session's memory (and one mapping fewer is one less for each fork to
+/// copy and each exit to tear down).
 ///
 /// The contract that makes this sound: only the process that made it ever
-/// touches the value. Children forked later map the same memory, but never
-/// read or write it (the child's side of the fork names only the
-/// supervisor's other fields) and never drop it (they leave with `_exit`).
-pub struct SharedBox<T> {
+/// touches the value. Children never read or write it (the child's side of
+/// the fork names only the supervisor's other fields; with the mapping
+/// gone, an access would fault) and never drop it (they leave with
+/// `_exit`).
+pub struct ParentBox<T> {
     ptr: core::ptr::NonNull<T>,
     mapped: bool,
 }
 
-impl<T> SharedBox<T> {
-    pub fn new(value: T) -> SharedBox<T> {
+/// A private anonymous mapping of `len` bytes marked `MADV_DONTFORK`, or,
+/// where the kernel refuses the mark, a shared one (children map that one,
+/// but a shared page is never copied on write either).
+fn map_unforked(len: usize) -> Option<core::ptr::NonNull<u8>> {
+    let p = map_anon(len, false).ok()?;
+    // SAFETY: `p` is the start of a fresh mapping of `len` bytes that
+    // nothing else refers to yet; the advice changes only what a fork does.
+    let marked = unsafe { libc::madvise(p.as_ptr().cast(), len.max(1), libc::MADV_DONTFORK) };
+    if marked == 0 {
+        return Some(p);
+    }
+    // SAFETY: as above; unmapped before anything referred to it.
+    unsafe { libc::munmap(p.as_ptr().cast(), len.max(1)) };
+    map_anon(len, true).ok()
+}
+
+impl<T> ParentBox<T> {
+    pub fn new(value: T) -> ParentBox<T> {
+        let len = core::mem::size_of::<T>();
         let mapped = match core::mem::align_of::<T>() <= 4096 {
-            true => map_anon(core::mem::size_of::<T>(), true).ok(),
+            true => map_unforked(len),
             false => None,
         };
         let Some(p) = mapped else {
-            return SharedBox {
+            return ParentBox {
                 ptr: core::ptr::NonNull::from(Box::leak(Box::new(value))),
                 mapped: false,
             };
@@ -325,11 +348,11 @@ impl<T> SharedBox<T> {
         // SAFETY: page-aligned (so aligned for T, checked above), writable,
         // `size_of::<T>()` bytes, not yet initialised: written once here.
         unsafe { ptr.as_ptr().write(value) };
-        SharedBox { ptr, mapped: true }
+        ParentBox { ptr, mapped: true }
     }
 }
 
-impl<T> core::ops::Deref for SharedBox<T> {
+impl<T> core::ops::Deref for ParentBox<T> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: initialised in `new`, freed only in `drop`; no other
@@ -338,14 +361,14 @@ impl<T> core::ops::Deref for SharedBox<T> {
     }
 }
 
-impl<T> core::ops::DerefMut for SharedBox<T> {
+impl<T> core::ops::DerefMut for ParentBox<T> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: as for `deref`; `&mut self` makes the access unique.
         unsafe { self.ptr.as_mut() }
     }
 }
 
-impl<T> Drop for SharedBox<T> {
+impl<T> Drop for ParentBox<T> {
     fn drop(&mut self) {
         let ptr = self.ptr.as_ptr();
         // SAFETY: made by `new` as `mapped` records, dropped exactly once.

@@ -254,7 +254,7 @@ impl Udp {
 
     pub fn set_ready(&mut self, mask: u32) {
         // Written only when it changes: a store on every turn of the loop
-        // would copy this page after every fork (see `sys::SharedBox`).
+        // would copy this page after every fork (see `sys::ParentBox`).
         if self.ready != mask {
             self.ready = mask;
         }

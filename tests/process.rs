@@ -372,3 +372,46 @@ fn the_parent_serves_from_a_shallow_stack() {
         "the parent's stack holds {kib} KiB while serving"
     );
 }
+
+/// The mappings (address ranges with their flags and names) in
+/// /proc/PID/maps.
+fn mappings(pid: i32) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {}", f[0], f[1], f.get(5).unwrap_or(&""))
+        })
+        .collect()
+}
+
+/// The state the parent writes on every connection (the child table, the
+/// other clients' addresses, the rate windows) is in a mapping `fork` skips:
+/// a session child does not map it at all, and has no mapping the parent
+/// lacks.
+#[test]
+fn a_child_does_not_map_the_parents_connection_state() {
+    if !runner().is_empty() {
+        // Under QEMU /proc/PID/maps describes the emulator, not the guest.
+        return;
+    }
+    let srv = Server::start(&[]);
+    let (_s, child) = open_session(&srv, b"maps");
+    let (parent, child) = (mappings(srv.pid), mappings(child));
+    let only_parent: Vec<&String> = parent.iter().filter(|m| !child.contains(m)).collect();
+    let only_child: Vec<&String> = child.iter().filter(|m| !parent.contains(m)).collect();
+    assert!(
+        only_child.is_empty(),
+        "the child's own mappings: {only_child:?}"
+    );
+    assert_eq!(
+        only_parent.len(),
+        1,
+        "mappings of the parent's that the child lacks: {only_parent:?}"
+    );
+    assert!(
+        only_parent[0].ends_with("rw-p "),
+        "not a private anonymous mapping: {}",
+        only_parent[0]
+    );
+}
