@@ -7,6 +7,8 @@
 # the order rotates from round to round so no server always runs first):
 #   textbook        bench/textbook.c, the textbook fork-per-connection server
 #                   (musl-gcc -static -Os): the baseline the ratios are to
+#   textbook-sandbox  the same with -DSANDBOX: each child installs a seccomp
+#                   filter after fork, as forkecho's do (issue 10)
 #   reference       examples/bench.rs serve: no fork, 64 threads blocking in
 #                   accept (the client + kernel limit)
 #   forkecho        as shipped: static musl, release size options, defaults
@@ -43,7 +45,7 @@ ROUNDS="${1:-5}"
 SECS="${2:-3}"
 STREAM_MIB="${BENCH_STREAM_MIB:-128}"
 IDLE="${BENCH_IDLE:-60}"
-ALL=(textbook reference forkecho forkecho-cargo forkecho-splice forkecho-copy socat tcpserver)
+ALL=(textbook textbook-sandbox reference forkecho forkecho-cargo forkecho-splice forkecho-copy socat tcpserver)
 read -r -a SERVERS <<<"${BENCH_SERVERS:-${ALL[*]}}"
 declare -A BIN
 for x in ${BENCH_EXTRA:-}; do
@@ -77,7 +79,9 @@ CARGO_FE=$(built --bin forkecho)
 B=$(built --example bench)
 mkdir -p target/bench
 musl-gcc -static -Os -o target/bench/textbook bench/textbook.c
+musl-gcc -static -Os -DSANDBOX -o target/bench/textbook-sandbox bench/textbook.c
 BIN[textbook]=target/bench/textbook
+BIN[textbook-sandbox]=target/bench/textbook-sandbox
 BIN[reference]=$B
 BIN[forkecho]=$FE
 BIN[forkecho-cargo]=$CARGO_FE
@@ -93,7 +97,7 @@ bench_cleanup_hook() {
 # The command that serves as NAME; PORT stands for the port.
 command_for() {
     case "$1" in
-        textbook) echo "${BIN[textbook]} 127.0.0.1 PORT" ;;
+        textbook | textbook-sandbox) echo "${BIN[$1]} 127.0.0.1 PORT" ;;
         reference) echo "$B serve 127.0.0.1:PORT 64" ;;
         forkecho-splice) echo "$FE --echo splice --listen 127.0.0.1:PORT" ;;
         forkecho-copy) echo "$FE --echo copy --listen 127.0.0.1:PORT" ;;
@@ -286,6 +290,18 @@ if "reference" in servers:
             v = runs[(n, "conn/s c=32")]
             rs = [v[k] / ref[k] for k in v if k in ref and ref[k]]
             print(f"- {n} c=32 / reference c=32: {st.median(rs):.2f}× (per-round {min(rs):.2f}–{max(rs):.2f})")
+    print()
+if "textbook-sandbox" in servers:
+    # The same work as the textbook server plus the per-child filter that
+    # issue 10 requires: what forkecho's own overhead is measured against.
+    for c in ("conn/s c=1", "conn/s c=32"):
+        tbs = runs.get(("textbook-sandbox", c), {})
+        for n in servers:
+            if n.startswith("forkecho") and (n, c) in runs:
+                v = runs[(n, c)]
+                rs = [v[k] / tbs[k] for k in v if k in tbs and tbs[k]]
+                if rs:
+                    print(f"- {n} {c} / textbook-sandbox: {st.median(rs):.2f}× (per-round {min(rs):.2f}–{max(rs):.2f})")
     print()
 
 sizes = {l.split()[0]: l.split()[1:] for l in open(f"{out}/sizes")}
