@@ -56,8 +56,9 @@ pub struct Supervisor {
     /// The handlers and the wait mask: a signal, or a ready listener, is the
     /// loop's only wake-up.
     signals: Signals,
-    /// What the loop writes on every connection, in a shared mapping so
-    /// that no write of it after a fork copies a page (see [`Hot`]).
+    /// What the loop writes on every connection, in a mapping children do
+    /// not get, so that no write of it after a fork copies a page (see
+    /// [`Hot`]).
     hot: crate::sys::ParentBox<Hot>,
     /// What each child serves with: the buffer, the echo mode, the limits.
     setup: session::Setup,
