@@ -10,7 +10,7 @@
 #   textbook-sandbox  the same with -DSANDBOX: each child installs a seccomp
 #                   filter after fork, as forkecho's do (issue 10)
 #   reference       examples/bench.rs serve: no fork, 64 threads blocking in
-#                   accept (the client + kernel limit)
+#                   accept (what the client and the kernel's TCP can do)
 #   forkecho        as shipped: static musl, release size options, defaults
 #   forkecho-cargo  what `cargo run --release` builds (the host target)
 #   forkecho-splice, forkecho-copy   the shipped binary, --echo splice / copy
