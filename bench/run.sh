@@ -256,6 +256,11 @@ for line in open(f"{out}/results"):
     else:
         put("stream MiB/s", float(d["mib_per_s"]))
 
+def round_ratios(name, other, fig):
+    """name's figure over other's, round by round (the rounds both have)."""
+    v, o = runs.get((name, fig), {}), runs.get((other, fig), {})
+    return [v[k] / o[k] for k in v if k in o and o[k]]
+
 def cell(name, fig, fmt="{:,.0f}"):
     v = runs.get((name, fig))
     if not v:
@@ -263,9 +268,8 @@ def cell(name, fig, fmt="{:,.0f}"):
     vals = list(v.values())
     m = st.median(vals)
     s = fmt.format(m)
-    if name != base and (base, fig) in runs and m:
-        b = runs[(base, fig)]
-        ratios = [v[k] / b[k] for k in v if k in b and b[k]]
+    if name != base and m:
+        ratios = round_ratios(name, base, fig)
         if ratios:
             s += f" ({st.median(ratios):.2f}×)"
     if m:
@@ -283,26 +287,22 @@ print(f"Cells: median of the rounds (median of the per-round ratios to {base}) �
 table(["conn/s c=1", "conn/s c=32", "p50 µs c=1", "p99 µs c=32", "stream MiB/s"])
 table(["CPU µs/conn c=1", "faults/conn c=1", "p99 µs c=1", "p50 µs c=32", "errors c=1", "errors c=32"],
       {"faults/conn c=1": "{:.1f}", "errors c=1": "{:.0f}", "errors c=32": "{:.0f}"})
-if "reference" in servers:
-    ref = runs[("reference", "conn/s c=32")]
-    for n in servers:
-        if n.startswith("forkecho") and (n, "conn/s c=32") in runs:
-            v = runs[(n, "conn/s c=32")]
-            rs = [v[k] / ref[k] for k in v if k in ref and ref[k]]
-            print(f"- {n} c=32 / reference c=32: {st.median(rs):.2f}× (per-round {min(rs):.2f}–{max(rs):.2f})")
+def forkecho_against(other, figs):
+    """One line per forkecho build and (figure, label): its per-round ratios
+    to other's."""
+    for fig, label in figs:
+        for n in servers:
+            rs = round_ratios(n, other, fig) if n.startswith("forkecho") else []
+            if rs:
+                print(f"- {n} {label}: {st.median(rs):.2f}× (per-round {min(rs):.2f}–{max(rs):.2f})")
     print()
+
+if "reference" in servers:
+    forkecho_against("reference", [("conn/s c=32", "c=32 / reference c=32")])
 if "textbook-sandbox" in servers:
     # The same work as the textbook server plus the per-child filter that
     # issue 10 requires: what forkecho's own overhead is measured against.
-    for c in ("conn/s c=1", "conn/s c=32"):
-        tbs = runs.get(("textbook-sandbox", c), {})
-        for n in servers:
-            if n.startswith("forkecho") and (n, c) in runs:
-                v = runs[(n, c)]
-                rs = [v[k] / tbs[k] for k in v if k in tbs and tbs[k]]
-                if rs:
-                    print(f"- {n} {c} / textbook-sandbox: {st.median(rs):.2f}× (per-round {min(rs):.2f}–{max(rs):.2f})")
-    print()
+    forkecho_against("textbook-sandbox", [(c, f"{c} / textbook-sandbox") for c in ("conn/s c=1", "conn/s c=32")])
 
 sizes = {l.split()[0]: l.split()[1:] for l in open(f"{out}/sizes")}
 mem = {}
