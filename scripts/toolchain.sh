@@ -158,8 +158,8 @@ zb() {
 # arena instead of zig's malloc (-3.8 KB), raw set*id and fstat64 calls
 # (-3.5 KB), no libunwind in size builds (-1.8 KB), no OnceLock or sysconf
 # (-1.7 KB) and smaller pieces (git log for each); no RELRO segment took
-# it to 109,880. Thumb-2 code would be
-# about 88 KB (not switched yet, see .cargo/config.toml).
+# it to 109,880. Thumb-2 code would be about 88 KB (not switched yet, see
+# .cargo/config.toml).
 # Size is deterministic for a given toolchain: a gate, not a timing.
 SIZE_BUDGET_ARMV7=112080
 
