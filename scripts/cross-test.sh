@@ -278,8 +278,17 @@ target_rustflags() {
 }
 
 cross_test() {
-    local dir="$1" t="$2" log="$3"
-    run env -u RUSTFLAGS CARGO_TARGET_DIR="$dir" cross "+$TC" test --target "$t" 2>&1 | tee "$log"
+    local dir="$1" t="$2" log="$3" var opts
+    # The test binaries run under QEMU in the container through
+    # scripts/qemu-watchdog (as in scripts/test-all.sh): a binary the
+    # emulator leaves stuck is reported and run once more, not waited for
+    # until the budget runs out. The path is relative to the package, which
+    # is cargo's working directory in the container.
+    var="CARGO_TARGET_$(echo "$t" | tr 'a-z-' 'A-Z_')_RUNNER"
+    opts="$CROSS_CONTAINER_OPTS '--env=$var=scripts/qemu-watchdog $(runner_for "$t")'"
+    [ -z "${FORKECHO_QEMU_LIMIT:-}" ] || opts="$opts --env=FORKECHO_QEMU_LIMIT=$FORKECHO_QEMU_LIMIT"
+    run env -u RUSTFLAGS CARGO_TARGET_DIR="$dir" CROSS_CONTAINER_OPTS="$opts" \
+        cross "+$TC" test --target "$t" 2>&1 | tee "$log"
 }
 
 cross_target() {

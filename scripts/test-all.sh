@@ -62,7 +62,12 @@ for target in $TARGETS; do
         fi
 
         echo "== $target: unit and integration tests, built for $target, under $(runner_for "$target")"
+        # Through scripts/qemu-watchdog: a test binary the emulator leaves
+        # stuck is reported and run once more instead of hanging CI.
+        runner_var="CARGO_TARGET_$(echo "$target" | tr 'a-z-' 'A-Z_')_RUNNER"
+        export "$runner_var=$PWD/scripts/qemu-watchdog $(runner_for "$target")"
         zb test --profile qemu-test --features alloc-count,sandbox-test --target "$target"
+        unset "$runner_var"
 
         echo "== $target: integration tests against the release binary under $(runner_for "$target")"
         # The host-built harness drives the exact binary that ships: every
