@@ -16,6 +16,17 @@ cd "$(dirname "$0")/.."
 # first there because the armv6 step uses its binary as a negative control.
 TARGETS="${FORKECHO_TARGETS-$(all_targets | tr '\n' ' ')}"
 
+# Every integration test file (--tests: a new one cannot be left out; the
+# allocation test needs the counting build and is skipped by cargo), built
+# for this machine without the build-std environment, against the binary
+# BIN of TARGET, run under RUNNER (none: natively).
+host_tests_against() {
+    local bin="$1" target="$2" runner="${3-}"
+    env -u RUSTC -u CARGO -u RUSTC_BOOTSTRAP -u RUSTFLAGS \
+        FORKECHO_BIN="$PWD/$bin" FORKECHO_RUNNER="$runner" FORKECHO_EXPECT_TARGET="$target" \
+        cargo test --tests
+}
+
 ensure_host
 echo "== host: cargo test (with the allocation counter)"
 cargo test --features alloc-count,sandbox-test
@@ -27,9 +38,7 @@ cargo test --features alloc-count,sandbox-test
     echo "== host: integration tests against the shipped $host binary"
     zb zigbuild --release --target "$host"
     check_binary "$host" "target/$host/release/forkecho"
-    env -u RUSTC -u CARGO -u RUSTC_BOOTSTRAP -u RUSTFLAGS \
-        FORKECHO_BIN="$PWD/target/$host/release/forkecho" FORKECHO_EXPECT_TARGET="$host" \
-        cargo test --tests
+    host_tests_against "target/$host/release/forkecho" "$host"
 )
 echo "== host: deploy/ units (systemd-analyze verify) and init script"
 scripts/verify-deploy.sh
@@ -70,13 +79,8 @@ for target in $TARGETS; do
         unset "$runner_var"
 
         echo "== $target: integration tests against the release binary under $(runner_for "$target")"
-        # The host-built harness drives the exact binary that ships: every
-        # integration test file (--tests: a new one cannot be left out; the
-        # allocation test needs the counting build and is skipped by cargo).
-        env -u RUSTC -u CARGO -u RUSTC_BOOTSTRAP -u RUSTFLAGS \
-            FORKECHO_BIN="$PWD/$bin" FORKECHO_RUNNER="$(runner_for "$target")" \
-            FORKECHO_EXPECT_TARGET="$target" \
-            cargo test --tests
+        # The host-built harness drives the exact binary that ships.
+        host_tests_against "$bin" "$target" "$(runner_for "$target")"
     )
 done
 # The release binaries on real ARM kernels with BusyBox init (qemu-system):
